@@ -1,0 +1,5 @@
+import sys
+
+from octseg.cli import main
+
+sys.exit(main())

@@ -1,0 +1,211 @@
+"""The `octseg` command line. Each subcommand is a thin layer over a library function."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from octseg import __version__
+from octseg.errors import OctsegError
+
+
+def _add_reader_options(p: argparse.ArgumentParser) -> None:
+    """Options that choose how a raw data folder is read (shared by prepare/evaluate/predict/train)."""
+    p.add_argument("--layout", choices=["auto", "retouch", "folders"], default="auto",
+                   help="data layout of SRC (default: detect)")
+    p.add_argument("--images", type=Path, default=None, help="explicit image folder (folders layout)")
+    p.add_argument("--masks", type=Path, default=None, help="explicit mask folder (folders layout)")
+    p.add_argument("--pair-by-order", action="store_true",
+                   help="pair images and masks by sorted order instead of by file stem (as the seed did)")
+    p.add_argument("--volume-regex", default=None,
+                   help="regular expression with groups 'volume' and 'slice' that parses file stems")
+
+
+def _reader_kwargs(a) -> dict:
+    return dict(layout=a.layout, images=a.images, masks=a.masks,
+                pair_by_order=a.pair_by_order, volume_regex=a.volume_regex)
+
+
+def cmd_synth(a) -> int:
+    from octseg.data.synthetic import write_synthetic_dataset
+
+    summary = write_synthetic_dataset(
+        a.out, volumes=a.volumes, vendors=[v.strip() for v in a.vendors.split(",") if v.strip()],
+        fmt=a.format, slices=a.slices, scale=a.scale, seed=a.seed,
+        fluid_free_fraction=a.fluid_free, preview=a.preview, real_reference=a.real_reference,
+    )
+    print(summary["text"] if isinstance(summary, dict) and "text" in summary else summary)
+    return 0
+
+
+def cmd_prepare(a) -> int:
+    from octseg.data.prepare import prepare_dataset
+
+    size = None if a.keep_size else (tuple(a.size) if a.size else None)
+    ds = prepare_dataset(a.src, a.out, size=size, **_reader_kwargs(a))
+    n_lab = int(ds.labelled.sum())
+    n_vol = len({s.volume for s in ds.slices})
+    print(f"prepared {len(ds)} B-scans ({n_lab} labelled, {len(ds) - n_lab} unlabelled) "
+          f"in {n_vol} volumes at {ds.size[0]}x{ds.size[1]}, classes {list(ds.classes)} -> {a.out}")
+    return 0
+
+
+def cmd_split(a) -> int:
+    from octseg.data.splits import make_split
+
+    path = make_split(a.prepared, labeled=a.labeled, labeled_count=a.labeled_count, val=a.val,
+                      test=a.test, seed=a.seed, by=a.by, name=a.name)
+    import json
+
+    parts = json.loads(Path(path).read_text())["parts"]
+    counts = ", ".join(f"{k} {len(v)}" for k, v in parts.items())
+    print(f"split written to {path}: {counts} B-scans")
+    return 0
+
+
+def cmd_train(a) -> int:
+    from octseg.config import load_config
+    from octseg.engine import train
+
+    cfg = load_config(a.config, a.overrides)
+    result = train(cfg, out_dir=a.out, resume=a.resume)
+    print(result.summary())
+    return 0
+
+
+def cmd_demo(a) -> int:
+    from octseg.demo import run_demo
+
+    run_demo(a.out, minutes=a.minutes, seed=a.seed)
+    return 0
+
+
+def cmd_evaluate(a) -> int:
+    from octseg.evaluate import evaluate_command
+
+    return evaluate_command(a)
+
+
+def cmd_predict(a) -> int:
+    from octseg.predict import predict_command
+
+    return predict_command(a)
+
+
+def cmd_export(a) -> int:
+    from octseg.export import export_onnx
+
+    path = export_onnx(a.checkpoint, a.out, weights=a.weights)
+    print(f"exported {path}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="octseg", description=__doc__.splitlines()[0] if __doc__ else None)
+    ap.add_argument("--version", action="version", version=f"octseg {__version__}")
+    sub = ap.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    p = sub.add_parser("synth", help="generate synthetic RETOUCH-like OCT volumes")
+    p.add_argument("out", type=Path)
+    p.add_argument("--volumes", type=int, required=True, help="number of volumes")
+    p.add_argument("--vendors", default="cirrus,spectralis,topcon", help="comma-separated vendor styles")
+    p.add_argument("--format", choices=["mhd", "png"], default="mhd",
+                   help="mhd: RETOUCH challenge layout; png: images/ + masks/ folders")
+    p.add_argument("--slices", type=int, default=None, help="B-scans per volume (default: the vendor's)")
+    p.add_argument("--scale", type=float, default=1.0, help="scale factor on B-scan height/width (keeps tests small)")
+    p.add_argument("--fluid-free", type=float, default=0.2, help="fraction of volumes without fluid")
+    p.add_argument("--seed", type=int, required=True)
+    p.add_argument("--preview", type=Path, default=None, help="write a preview figure (PNG)")
+    p.add_argument("--real-reference", type=Path, default=None,
+                   help="a real B-scan image shown beside the synthetic ones in the preview")
+    p.set_defaults(func=cmd_synth)
+
+    p = sub.add_parser("prepare", help="turn a raw data folder into a prepared dataset")
+    p.add_argument("src", type=Path)
+    p.add_argument("out", type=Path)
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--size", type=int, nargs=2, metavar=("H", "W"), help="resize every B-scan to H x W")
+    g.add_argument("--keep-size", action="store_true",
+                   help="keep the native size (the default; all B-scans must share one size)")
+    _add_reader_options(p)
+    p.set_defaults(func=cmd_prepare)
+
+    p = sub.add_parser("split", help="split a prepared dataset by volume into labelled/unlabelled/val/test")
+    p.add_argument("prepared", type=Path)
+    g = p.add_mutually_exclusive_group(required=True)
+    g.add_argument("--labeled", type=float, help="fraction of the training volumes whose labels are used")
+    g.add_argument("--labeled-count", type=int, help="number of labelled B-scans to use")
+    p.add_argument("--val", type=float, required=True, help="fraction of volumes for validation")
+    p.add_argument("--test", type=float, default=0.0, help="fraction of volumes for testing")
+    p.add_argument("--seed", type=int, required=True)
+    p.add_argument("--by", choices=["volume", "slice"], default="volume",
+                   help="volume (default, no leakage) or slice (the seed's leaky per-B-scan split)")
+    p.add_argument("--name", default="default", help="split name: writes splits/NAME.json")
+    p.set_defaults(func=cmd_split)
+
+    p = sub.add_parser("train", help="train a model from a YAML recipe")
+    p.add_argument("config", type=Path, help="YAML recipe, e.g. configs/demo_cpu.yaml")
+    p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. trainer.max_epochs=3")
+    p.add_argument("--out", type=Path, default=None, help="run folder (default: runs/<recipe name>)")
+    p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoints/last.ckpt")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("demo", help="synthesise data, train supervised and Mean Teacher on CPU, compare")
+    p.add_argument("--out", type=Path, default=Path("runs/demo"))
+    p.add_argument("--minutes", type=float, default=None, help="training time budget per method")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("evaluate", help="score a checkpoint on a dataset with honest per-class metrics")
+    p.add_argument("checkpoint", type=Path)
+    p.add_argument("data", type=Path, help="prepared dataset or raw data folder")
+    p.add_argument("--split", default=None, help="split name of a prepared dataset")
+    p.add_argument("--part", default="test", help="part of the split to score (default: test)")
+    p.add_argument("--json", type=Path, default=None, help="write all figures to this JSON file")
+    p.add_argument("--tta", choices=["none", "flip"], default="none")
+    p.add_argument("--weights", choices=["teacher", "student"], default="teacher")
+    p.add_argument("--at-model-size", action="store_true",
+                   help="score at the model's input size instead of each scan's native size")
+    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--device", default="auto")
+    _add_reader_options(p)
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("predict", help="segment scans: masks, overlays and fluid volumes")
+    p.add_argument("checkpoint", type=Path)
+    p.add_argument("input", type=Path, help="an image, a folder of images, an oct.mhd volume or a folder of volumes")
+    p.add_argument("out", type=Path)
+    p.add_argument("--tta", choices=["none", "flip"], default="none")
+    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--device", choices=["cpu", "cuda", "auto"], default="auto")
+    p.add_argument("--format", choices=["png", "mhd", "nii"], default=None,
+                   help="mask format (default: png for images, mhd for volumes)")
+    p.add_argument("--backend", choices=["torch", "onnx"], default="torch")
+    p.add_argument("--weights", choices=["teacher", "student"], default="teacher")
+    p.add_argument("--min-size", action="append", default=[], metavar="CLASS=PIXELS",
+                   help="remove connected components smaller than PIXELS of CLASS (name or index); repeatable")
+    p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("export", help="export a checkpoint to ONNX")
+    p.add_argument("checkpoint", type=Path)
+    p.add_argument("out", type=Path)
+    p.add_argument("--weights", choices=["teacher", "student"], default="teacher")
+    p.set_defaults(func=cmd_export)
+    return ap
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except OctsegError as exc:
+        print(f"octseg {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

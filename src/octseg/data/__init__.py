@@ -1,0 +1,1 @@
+"""Data: readers for raw layouts, prepared datasets, splits, synthetic OCT, augmentation."""
