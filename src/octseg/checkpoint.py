@@ -1,0 +1,112 @@
+"""Checkpoints: written atomically, read without running pickled code, self-describing.
+
+Every octseg checkpoint is a Lightning checkpoint with one extra entry, ``"octseg"``, that
+holds all a user needs to run the model (architecture, classes, input size, intensity
+normalisation, octseg version) as plain data.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import tempfile
+import zipfile
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+from lightning.pytorch.plugins.io import TorchCheckpointIO
+from torch import nn
+
+from octseg import __version__
+from octseg.errors import CheckpointError
+
+#: Bumped when the meaning of a checkpoint's contents changes incompatibly.
+CHECKPOINT_FORMAT = 1
+
+
+def atomic_torch_save(obj: Any, path) -> None:
+    """torch.save to a temporary file beside ``path``, fsync, then rename over it."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            torch.save(obj, fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+
+
+def safe_load(path, map_location="cpu") -> dict:
+    """Load a checkpoint with ``weights_only=True``; a clear CheckpointError for every failure."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: checkpoint file not found")
+    try:
+        obj = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as exc:
+        raise CheckpointError(
+            f"{path}: refused: this checkpoint needs pickled code to load, which octseg never runs "
+            f"(weights_only=True). Detail: {str(exc).splitlines()[0]}"
+        ) from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as exc:
+        raise CheckpointError(f"{path}: corrupt or truncated checkpoint ({type(exc).__name__}: {exc})") from None
+    if not isinstance(obj, dict):
+        raise CheckpointError(f"{path}: not a checkpoint (found {type(obj).__name__})")
+    return obj
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Lightning checkpoint I/O: atomic writes, weights-only reads."""
+
+    def save_checkpoint(self, checkpoint, path, storage_options=None):
+        atomic_torch_save(checkpoint, path)
+
+    def load_checkpoint(self, path, map_location=None, weights_only=None):
+        return safe_load(path, map_location=map_location or "cpu")
+
+
+def read_meta(ckpt: dict, path="checkpoint") -> dict:
+    meta = ckpt.get("octseg")
+    if not isinstance(meta, dict):
+        raise CheckpointError(f"{path}: not an octseg checkpoint (no 'octseg' entry)")
+    fmt = meta.get("format_version")
+    if fmt != CHECKPOINT_FORMAT:
+        raise CheckpointError(
+            f"{path}: checkpoint format {fmt} was written by octseg {meta.get('octseg_version', '?')}; "
+            f"this octseg ({__version__}) reads format {CHECKPOINT_FORMAT}"
+        )
+    return meta
+
+
+def network_state(ckpt: dict, name: str) -> dict:
+    prefix = f"method.{name}."
+    state = {k[len(prefix):]: v for k, v in ckpt["state_dict"].items() if k.startswith(prefix)}
+    return state
+
+
+def load_network(path, weights: Optional[str] = None, device="cpu") -> tuple[nn.Module, dict]:
+    """The network (eval mode) and meta of a checkpoint. ``weights``: teacher | student | None (default)."""
+    from octseg.models import ModelConfig, build_model
+
+    ckpt = safe_load(path)
+    meta = read_meta(ckpt, path)
+    name = weights or meta["default_weights"]
+    if name not in meta["networks"]:
+        fallback = meta["default_weights"]
+        print(f"note: {path} has no {name!r} weights (method {meta['method']}); using {fallback!r}")
+        name = fallback
+    model = build_model(ModelConfig(**{**meta["model"], "encoder_weights": "none"}), len(meta["classes"]))
+    try:
+        model.load_state_dict(network_state(ckpt, name))
+    except RuntimeError as exc:
+        raise CheckpointError(f"{path}: weights do not fit the recorded architecture ({exc})") from None
+    meta = dict(meta, weights=name)
+    return model.to(device).eval(), meta

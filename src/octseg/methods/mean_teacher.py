@@ -1,0 +1,85 @@
+"""Mean Teacher (Tarvainen & Valpola, 2017) as the seed project describes it.
+
+* Teacher = exponential moving average of the student, updated after every optimiser step
+  with alpha = min(1 - 1/(step + 1), cap); cap = ``ema_decay_rampup`` (0.99) while the
+  consistency weight ramps up and ``ema_decay`` (0.999) after. ``step`` counts optimiser
+  steps from 1, so the first update uses alpha = 0.5.
+* Consistency = MSE between the student's and the teacher's softmax maps on the unlabelled
+  (and, by default, the labelled) B-scans, weighted by w * sigmoid_rampup(epoch, L).
+* Student and teacher each get their own Gaussian input noise (sigma = ``noise_std``).
+* The teacher runs without gradient.
+
+BatchNorm choice: during training steps the teacher runs in train mode, normalising with
+the statistics of its own (noisy) input batch, as in the original Mean Teacher code, so
+teacher and student see their inputs the same way; its running statistics are its own,
+accumulated by those forwards (they describe the teacher's activations, which the EMA of
+the student's running statistics would only approximate). At evaluation both networks use
+their running statistics (eval mode).
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+
+from octseg.losses import sigmoid_rampup, softmax_mse
+from octseg.methods.base import Method, StepContext
+
+
+def ema_alpha(step: int, rampup_done: bool, cap_rampup: float = 0.99, cap: float = 0.999) -> float:
+    """EMA decay for optimiser step ``step`` (1-based)."""
+    return min(1.0 - 1.0 / (step + 1), cap if rampup_done else cap_rampup)
+
+
+@torch.no_grad()
+def ema_update(teacher: torch.nn.Module, student: torch.nn.Module, alpha: float) -> None:
+    """teacher <- alpha * teacher + (1 - alpha) * student, over parameters (buffers are the teacher's own)."""
+    t = [p for p in teacher.parameters()]
+    s = [p.detach() for p in student.parameters()]
+    torch._foreach_lerp_(t, s, 1.0 - alpha)
+
+
+class MeanTeacher(Method):
+    default_weights = "teacher"
+
+    def __init__(self, student, cfg, supervised_loss):
+        super().__init__(student, cfg, supervised_loss)
+        self.teacher = copy.deepcopy(student)
+        for p in self.teacher.parameters():
+            p.requires_grad_(False)
+
+    def consistency_weight(self, epoch: int) -> float:
+        return self.cfg.consistency_weight * sigmoid_rampup(epoch, self.cfg.consistency_rampup_epochs)
+
+    def _noisy(self, x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+        if self.cfg.noise_std <= 0:
+            return x
+        return x + torch.randn(x.shape, generator=g, device=x.device, dtype=x.dtype) * self.cfg.noise_std
+
+    def training_loss(self, x_l, y_l, x_u, ctx: StepContext):
+        n_l = x_l.shape[0]
+        x = x_l if x_u is None or x_u.shape[0] == 0 else torch.cat([x_l, x_u], 0)
+        # One student forward over labelled + unlabelled B-scans (one BatchNorm batch, one pass).
+        student_logits = self.student(self._noisy(x, ctx.generator))
+        sup = self.supervised_loss(student_logits[:n_l], y_l)
+        teacher_in = self._noisy(x, ctx.generator)
+        self.teacher.train(self.student.training)
+        with torch.no_grad():
+            teacher_logits = self.teacher(teacher_in)
+        if self.cfg.consistency_on_labelled or x.shape[0] == n_l:
+            cons = softmax_mse(student_logits, teacher_logits)
+        else:
+            cons = softmax_mse(student_logits[n_l:], teacher_logits[n_l:])
+        w = self.consistency_weight(ctx.epoch)
+        loss = sup + w * cons
+        return loss, {"loss_sup": sup.detach(), "loss_cons": cons.detach(), "cons_weight": w}
+
+    def after_optimizer_step(self, ctx: StepContext) -> None:
+        rampup_done = ctx.epoch >= self.cfg.consistency_rampup_epochs
+        alpha = ema_alpha(ctx.global_step, rampup_done, self.cfg.ema_decay_rampup, self.cfg.ema_decay)
+        ema_update(self.teacher, self.student, alpha)
+        self.last_alpha = alpha
+
+    def networks(self):
+        return {"teacher": self.teacher, "student": self.student}

@@ -1,0 +1,13 @@
+"""Labelled data only: the baseline every semi-supervised result is compared with."""
+
+from __future__ import annotations
+
+from octseg.methods.base import Method
+
+
+class Supervised(Method):
+    default_weights = "student"
+
+    def training_loss(self, x_l, y_l, x_u, ctx):
+        loss = self.supervised_loss(self.student(x_l), y_l)
+        return loss, {"loss_sup": loss.detach()}
