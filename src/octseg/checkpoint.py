@@ -110,3 +110,29 @@ def load_network(path, weights: Optional[str] = None, device="cpu") -> tuple[nn.
         raise CheckpointError(f"{path}: weights do not fit the recorded architecture ({exc})") from None
     meta = dict(meta, weights=name)
     return model.to(device).eval(), meta
+
+
+def checkpoint_meta(model_cfg: dict, classes, input_size, norm: dict, method: str, networks, default_weights: str,
+                    config: Optional[dict] = None) -> dict:
+    """The ``"octseg"`` entry of a checkpoint: everything needed to rebuild and run the model."""
+    model_cfg = dict(model_cfg, encoder_weights="none")  # the weights are in the checkpoint
+    return {
+        "format_version": CHECKPOINT_FORMAT,
+        "octseg_version": __version__,
+        "model": model_cfg,
+        "classes": list(classes),
+        "input_size": [int(s) for s in input_size],
+        "normalization": {"mean": float(norm["mean"]), "std": float(norm["std"])},
+        "method": method,
+        "networks": list(networks),
+        "default_weights": default_weights,
+        "config": config or {},
+    }
+
+
+def save_inference_checkpoint(path, networks: dict[str, nn.Module], meta: dict) -> Path:
+    """A minimal octseg checkpoint (weights + meta, no optimiser state), e.g. for tests or sharing."""
+    state = {f"method.{name}.{k}": v.detach().cpu() for name, net in networks.items()
+             for k, v in net.state_dict().items()}
+    atomic_torch_save({"state_dict": state, "octseg": meta}, path)
+    return Path(path)

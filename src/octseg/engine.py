@@ -24,8 +24,7 @@ import torch
 import yaml
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from octseg import __version__
-from octseg.checkpoint import CHECKPOINT_FORMAT, AtomicCheckpointIO, network_state, safe_load
+from octseg.checkpoint import AtomicCheckpointIO, checkpoint_meta, network_state, safe_load
 from octseg.config import Config, config_to_dict, save_config
 from octseg.data.augment import augment_batch
 from octseg.data.prepared import PreparedDataset
@@ -310,20 +309,9 @@ class SegmentationModule(L.LightningModule):
 
     # -- checkpoint contents
     def checkpoint_meta(self) -> dict:
-        model_cfg = dataclasses.asdict(self.cfg.model)
-        model_cfg["encoder_weights"] = "none"  # the weights are in the checkpoint
-        return {
-            "format_version": CHECKPOINT_FORMAT,
-            "octseg_version": __version__,
-            "model": model_cfg,
-            "classes": self.classes,
-            "input_size": self.input_size,
-            "normalization": self.norm,
-            "method": self.cfg.method.name,
-            "networks": list(self.method.networks()),
-            "default_weights": self.method.default_weights,
-            "config": config_to_dict(self.cfg),
-        }
+        nets = self.method.networks()
+        return checkpoint_meta(dataclasses.asdict(self.cfg.model), self.classes, self.input_size, self.norm,
+                               self.cfg.method.name, list(nets), self.method.default_weights, config_to_dict(self.cfg))
 
     def on_save_checkpoint(self, checkpoint):
         checkpoint["octseg"] = self.checkpoint_meta()

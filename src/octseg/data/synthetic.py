@@ -66,7 +66,7 @@ _STYLES = {
     # frame-averaged: smooth tissue, dark grainy background, crisp layers
     "spectralis": _Style(0.085, 0.3, (0.006, 0.018), 0.42, 1.0, 1.0, 1.0, 1.0),
     # blurrier speckle, lifted background, low contrast
-    "topcon": _Style(0.15, 0.4, (0.008, 0.02), 0.5, 0.92, 0.7, 0.85, 1.4),
+    "topcon": _Style(0.15, 0.4, (0.008, 0.02), 0.5, 0.92, 0.8, 0.85, 1.4),
 }
 
 # Layers from the vitreous down; boundary k is the top of layer k + 1. 'edema' is the
@@ -261,7 +261,7 @@ class _Volume:
         az = np.clip(ax * r.uniform(0.45, 1.0, n), 1.5 * self.dz, 0.2)
         val = self.fluid_value[1] * r.uniform(0.8, 1.2, n)
         self.cysts = np.stack([pos[:, 0], pos[:, 1], ax, ay, az, np.zeros(n), val], axis=1)
-        self.diffuse = np.array([cc[0], cc[1], spread * 1.3, r.uniform(0.02, 0.15)])
+        self.diffuse = np.array([cc[0], cc[1], r.uniform(0.5, 1.3), r.uniform(0.03, 0.22)])
         nf = int(r.integers(5, 30))
         fp = cc + r.normal(0, spread * 1.3, (nf, 2))
         self.foci = np.stack([fp[:, 0], fp[:, 1], r.uniform(0.05, 0.95, nf),
@@ -483,7 +483,7 @@ class _Volume:
         rows = np.arange(r0, self.H, dtype=np.float32)
         d = (rows[:, None] + 0.5 - bch[None, :]) * np.float32(self.dz)
         np.maximum(d, 0, out=d)
-        amp = 0.3 + 2.5 * d
+        amp = 0.25 + 1.8 * d
         tex *= amp
         tex += 1.0
         np.clip(tex, 0.1, 2.2, out=tex)
@@ -519,8 +519,12 @@ class _Volume:
         c1 = int(math.floor((cx + half) / self.dx + self.W / 2 - 0.5)) + 1
         return max(c0, 0), min(c1, self.W)
 
-    def _ellipses(self, items, s, b, clip_top, clip_bot):
-        """Per-B-scan cross-sections of ellipsoids anchored to the ELM: yields (rows, cols, mask, i)."""
+    def _ellipses(self, items, s, clip_top, clip_bot):
+        """Cross-sections with B-scan s of ellipsoids (cx, cy, ax, ay, az, depth rel. to the ELM).
+
+        Anchoring depth to the ELM makes a blob follow the retina's curvature; yields
+        ((row slice, col slice), mask, item index) with the mask clipped to [clip_top, clip_bot).
+        """
         ys = self.y[s]
         elm = self.bounds_mm[_B["ELM"], s]
         for i, (cx, cy, ax, ay, az, rel) in enumerate(items):
@@ -548,14 +552,14 @@ class _Volume:
     def _cysts(self, R, labels, s, b) -> None:
         if len(self.cysts):
             items = self.cysts[:, :6]
-            for (rs, cs), m, i in self._ellipses(items, s, b, b[_B["INL"]], b[_B["ELM"]]):
+            for (rs, cs), m, i in self._ellipses(items, s, b[_B["INL"]], b[_B["ELM"]]):
                 labels[rs, cs][m] = 1
                 R[rs, cs][m] = self.cysts[i, 6]
         if len(self.foci):  # hyper-reflective foci: tissue, never over fluid
             fo = self.foci
             items = np.stack([fo[:, 0], fo[:, 1], fo[:, 3], fo[:, 3],
                               np.maximum(fo[:, 3] * 0.6, 0.8 * self.dz), fo[:, 2]], axis=1)
-            for (rs, cs), m, _ in self._ellipses(items, s, b, b[_B["IPL"]], b[_B["ELM"]]):
+            for (rs, cs), m, _ in self._ellipses(items, s, b[_B["IPL"]], b[_B["ELM"]]):
                 m &= labels[rs, cs] == 0
                 R[rs, cs][m] = 0.9
 
