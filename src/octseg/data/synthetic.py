@@ -630,8 +630,8 @@ def generate_bscans(n: int, size: tuple[int, int], seed: int, vendor: str = "spe
 
     key = _vendor_key(vendor)
     h, w = int(size[0]), int(size[1])
-    if n < 0 or h < 1 or w < 1:
-        raise ConfigError(f"need n >= 0 and a positive size, got n={n}, size={size}")
+    if n < 0 or h < 1 or w < 1 or int(seed) < 0:
+        raise ConfigError(f"need n >= 0, a positive size and seed >= 0, got n={n}, size={size}, seed={seed}")
     g = GEOMETRY[key]
     scale = max(h / g.rows, w / g.cols)
     per = max(1, min(n, 16, g.slices))
