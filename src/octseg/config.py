@@ -199,13 +199,26 @@ def _set_dotted(data: dict, dotted: str, value: Any) -> None:
         cls = tp
 
 
+RECIPES = Path(__file__).parent / "configs"
+
+
+def recipe_path(name) -> Path:
+    """A recipe file: a path, or the name of a recipe shipped with octseg (e.g. ``demo_cpu``)."""
+    path = Path(name)
+    if path.is_file():
+        return path
+    for candidate in (RECIPES / path.name, RECIPES / f"{path.name}.yaml"):
+        if candidate.is_file() and len(path.parts) == 1:
+            return candidate
+    shipped = sorted(p.stem for p in RECIPES.glob("*.yaml"))
+    raise ConfigError(f"{path}: config file not found (recipes shipped with octseg: {', '.join(shipped)})")
+
+
 def load_config(path=None, overrides: Optional[list[str]] = None) -> Config:
     """Read a YAML recipe and apply ``key=value`` overrides (values parsed as YAML scalars)."""
     data: dict = {}
     if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"{path}: config file not found")
+        path = recipe_path(path)
         try:
             data = yaml.safe_load(path.read_text()) or {}
         except yaml.YAMLError as exc:

@@ -382,8 +382,11 @@ def build_trainer(cfg: Config, run_dir: Path, callbacks=(), logger=True) -> L.Tr
     from lightning.pytorch.loggers import CSVLogger
 
     t = cfg.trainer
-    ckpt = ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="best", monitor="val/mean_fg_dice", mode="max",
-                           save_top_k=1, save_last=True, enable_version_counter=False, auto_insert_metric_name=False)
+    # Two callbacks: Lightning's save_last only writes when a top-k checkpoint was written.
+    best = ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="best", monitor="val/mean_fg_dice", mode="max",
+                           save_top_k=1, enable_version_counter=False, auto_insert_metric_name=False)
+    last = ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="last", monitor=None, save_top_k=1,
+                           every_n_epochs=1, enable_version_counter=False)
     loggers = []
     if logger:
         loggers.append(CSVLogger(save_dir=str(run_dir), name="logs", version=""))
@@ -404,7 +407,7 @@ def build_trainer(cfg: Config, run_dir: Path, callbacks=(), logger=True) -> L.Tr
         max_time={"minutes": t.max_minutes} if t.max_minutes else None,
         check_val_every_n_epoch=t.val_every_n_epochs, log_every_n_steps=t.log_every_n_steps,
         deterministic=deterministic, enable_progress_bar=t.progress, enable_model_summary=False,
-        callbacks=[ckpt, *callbacks], logger=loggers or False, plugins=[AtomicCheckpointIO()],
+        callbacks=[best, last, *callbacks], logger=loggers or False, plugins=[AtomicCheckpointIO()],
         use_distributed_sampler=False, num_sanity_val_steps=0, default_root_dir=str(run_dir),
     )
 
@@ -442,10 +445,11 @@ def plot_learning_curves(run_dir: Path) -> Optional[Path]:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    log = run_dir / "logs" / "metrics.csv"
-    if not log.is_file():
+    logs = sorted((run_dir / "logs").glob("metrics.part*.csv"), key=lambda p: int(p.stem.split("part")[1]))
+    logs += [p for p in [run_dir / "logs" / "metrics.csv"] if p.is_file()]
+    if not logs:
         return None
-    rows = list(csv.DictReader(log.open()))
+    rows = [r for p in logs for r in csv.DictReader(p.open())]
     def series(key):
         pts = [(int(r["epoch"]), float(r[key])) for r in rows if r.get(key) not in (None, "")]
         return zip(*pts) if pts else ((), ())
@@ -482,6 +486,9 @@ def train(cfg: Config, out_dir=None, resume: bool = False, extra_callbacks=()) -
     elif last.is_file():
         raise ConfigError(f"{run_dir} already holds a run; use --resume to continue it or choose another --out")
     run_dir.mkdir(parents=True, exist_ok=True)
+    log = run_dir / "logs" / "metrics.csv"
+    if resume and log.is_file():  # Lightning's CSV logger would overwrite the earlier part
+        log.rename(log.with_name(f"metrics.part{len(list(log.parent.glob('metrics.part*.csv'))) + 1}.csv"))
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     data = load_train_data(cfg)
     input_size = _network_input_size(cfg, data)
