@@ -377,7 +377,7 @@ def resolve_precision(precision: str, accelerator: str = "auto") -> str:
     return "bf16-mixed" if native else "32"
 
 
-def build_trainer(cfg: Config, run_dir: Path, callbacks=(), logger=True) -> L.Trainer:
+def build_trainer(cfg: Config, run_dir: Path, callbacks=(), logger=True, **trainer_kwargs) -> L.Trainer:
     from lightning.pytorch.callbacks import ModelCheckpoint
     from lightning.pytorch.loggers import CSVLogger
 
@@ -408,7 +408,7 @@ def build_trainer(cfg: Config, run_dir: Path, callbacks=(), logger=True) -> L.Tr
         check_val_every_n_epoch=t.val_every_n_epochs, log_every_n_steps=t.log_every_n_steps,
         deterministic=deterministic, enable_progress_bar=t.progress, enable_model_summary=False,
         callbacks=[best, last, *callbacks], logger=loggers or False, plugins=[AtomicCheckpointIO()],
-        use_distributed_sampler=False, num_sanity_val_steps=0, default_root_dir=str(run_dir),
+        use_distributed_sampler=False, num_sanity_val_steps=0, default_root_dir=str(run_dir), **trainer_kwargs,
     )
 
 
