@@ -164,7 +164,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--part", default="test", help="part of the split to score (default: test)")
     p.add_argument("--json", type=Path, default=None, help="write all figures to this JSON file")
     p.add_argument("--tta", choices=["none", "flip"], default="none")
-    p.add_argument("--weights", choices=["teacher", "student"], default="teacher")
+    p.add_argument("--weights", choices=["teacher", "student"], default=None,
+                   help="which network of a Mean Teacher checkpoint (default: the checkpoint's, the teacher)")
     p.add_argument("--at-model-size", action="store_true",
                    help="score at the model's input size instead of each scan's native size")
     p.add_argument("--batch", type=int, default=8)
@@ -182,7 +183,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", choices=["png", "mhd", "nii"], default=None,
                    help="mask format (default: png for images, mhd for volumes)")
     p.add_argument("--backend", choices=["torch", "onnx"], default="torch")
-    p.add_argument("--weights", choices=["teacher", "student"], default="teacher")
+    p.add_argument("--weights", choices=["teacher", "student"], default=None,
+                   help="which network of a Mean Teacher checkpoint (default: the checkpoint's, the teacher)")
     p.add_argument("--min-size", action="append", default=[], metavar="CLASS=PIXELS",
                    help="remove connected components smaller than PIXELS of CLASS (name or index); repeatable")
     p.set_defaults(func=cmd_predict)
@@ -190,12 +192,29 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("export", help="export a checkpoint to ONNX")
     p.add_argument("checkpoint", type=Path)
     p.add_argument("out", type=Path)
-    p.add_argument("--weights", choices=["teacher", "student"], default="teacher")
+    p.add_argument("--weights", choices=["teacher", "student"], default=None,
+                   help="which network of a Mean Teacher checkpoint (default: the checkpoint's, the teacher)")
     p.set_defaults(func=cmd_export)
     return ap
 
 
+def _format_warning(message, category, filename, lineno, line=None) -> str:
+    return f"warning: {message}\n"
+
+
 def main(argv=None) -> int:
+    import warnings
+
+    warnings.formatwarning = _format_warning
+    # Lightning's start-up chatter (accelerator lines, tips) and third-party deprecation notices
+    # are noise for a command-line user; octseg prints what matters.
+    import logging
+
+    for name in ("lightning.pytorch", "lightning.fabric", "pytorch_lightning"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
+    warnings.filterwarnings("ignore", message=r".*(LeafSpec|does not have many workers|smaller than the logging "
+                                              r"interval|exists and is not empty).*")
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args) or 0)
