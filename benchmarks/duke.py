@@ -3,7 +3,7 @@
 Data (``--shared``, default ``<repo>/../shared/data``; the benchmark skips, exit 0, without it):
 ``duke-dme-train`` (55 annotated B-scans, subjects 1-5, 0 = background, 1 = fluid) and
 ``duke-subject01-unlabeled`` (all 61 B-scans of subject 1, no masks). Recipe: ``configs/duke.yaml``
-(U-Net ResNet18 from scratch, 256x384, dice+CE, AdamW cosine, 12 x 25 steps).
+(U-Net ResNet18 from scratch, 256x384, dice+CE, AdamW cosine, 30 x 25 steps).
 
 Protocol (one fold per ``--test-subject``, default subject 5):
 
@@ -37,7 +37,7 @@ Duke, trained on subjects 1-5 and tested on subjects 6-10 at full resolution wit
 training recipe: a different protocol (other test subjects, 55 training B-scans), so it is context,
 not a like-for-like comparison. Data: Chiu et al., Biomed. Opt. Express 6(4), 2015.
 
-    python benchmarks/duke.py                       # ~37 min of CPU on a 2-core machine (see --help)
+    python benchmarks/duke.py                       # ~25 min on 2 idle CPU cores (see --help)
     python benchmarks/duke.py --test-subject 2 3 4 5   # leave-one-subject-out over subjects 2-5
     python benchmarks/duke.py --quick               # smoke run: tiny steps, small size, ~2 min
 """
@@ -231,8 +231,8 @@ def main(argv=None) -> int:
                     help="regime B's two labelled subjects (default: first and last training subject other than 1)")
     ap.add_argument("--minutes", type=float, default=20.0,
                     help="per-run wall-clock cap (trainer.max_minutes), a safety net: the default schedule "
-                         "takes ~5 min supervised and ~16 min Mean Teacher on 2 cores (default 20)")
-    ap.add_argument("--epochs", type=int, default=None, help="override the recipe's trainer.max_epochs (12)")
+                         "takes ~5.5 min supervised and ~14 min Mean Teacher on 2 idle cores (default 20)")
+    ap.add_argument("--epochs", type=int, default=None, help="override the recipe's trainer.max_epochs (30)")
     ap.add_argument("--steps-per-epoch", type=int, default=None, help="override trainer.steps_per_epoch (25)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--band-margin", type=int, default=32,

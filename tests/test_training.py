@@ -314,3 +314,33 @@ def test_augment_keeps_labels_valid_and_is_seeded():
     cfg = AugmentConfig(hflip=1.0, affine_p=0.0, gamma=0, contrast=0, brightness=0, noise_std=0)
     xf, yf = augment_batch(x, y, cfg, torch.Generator().manual_seed(0))
     assert torch.allclose(xf, x.flip(-1), atol=1e-5) and torch.equal(yf, y.flip(-1))
+
+
+def test_demo_pipeline_quick(tmp_path):
+    import json
+
+    from octseg.demo import run_demo
+
+    torch.set_num_threads(1)
+    results = run_demo(tmp_path / "demo", quick=True)
+    assert set(results) == {"supervised", "mean_teacher"}
+    assert set(results["mean_teacher"]) == {"teacher", "student"} and set(results["supervised"]) == {"student"}
+    saved = json.loads((tmp_path / "demo" / "demo_results.json").read_text())
+    assert set(saved["mean_teacher"]["teacher"]) == {"background", "IRF", "SRF", "PED", "mean_foreground"}
+    assert (tmp_path / "demo" / "demo_predictions.png").stat().st_size > 10_000
+    # a second run reuses the finished runs instead of training again
+    t0 = time.monotonic()
+    run_demo(tmp_path / "demo", quick=True)
+    assert time.monotonic() - t0 < 30
+
+
+def test_train_cli_reports_config_errors(tmp_path, capsys):
+    from octseg.cli import main
+
+    assert main(["train", "demo_cpu", "trainer.max_epoch=3", "--out", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err
+    assert "did you mean 'trainer.max_epochs'" in err
+    assert main(["train", "no_such_recipe.yaml"]) == 2
+    assert "config file not found" in capsys.readouterr().err
+    assert main(["train", "demo_cpu", f"data.path={tmp_path / 'missing'}", "--out", str(tmp_path / "r")]) == 2
+    assert "does not exist" in capsys.readouterr().err

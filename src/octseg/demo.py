@@ -22,9 +22,15 @@ from octseg.config import load_config
 SYNTH = dict(volumes=48, slices=6, scale=0.5, fluid_free_fraction=0.1)
 SIZE = (128, 128)
 METHODS = ("supervised", "mean_teacher")
+#: A seconds-long version of the same pipeline, for tests (`run_demo(..., quick=True)`).
+QUICK_SYNTH = dict(volumes=12, slices=2, scale=0.2, fluid_free_fraction=0.0)
+QUICK_SIZE = (64, 64)
+QUICK_OVERRIDES = ["trainer.max_epochs=2", "trainer.steps_per_epoch=3", "model.encoder=tu-resnet10t",
+                   "model.encoder_depth=3", "model.decoder_channels=[32,16,8]", "data.labeled_batch=2",
+                   "data.unlabeled_batch=2", "trainer.precision=32"]
 
 
-def _prepare(out: Path, seed: int) -> Path:
+def _prepare(out: Path, seed: int, synth: dict = SYNTH, size=SIZE) -> Path:
     from octseg.data.prepare import prepare_dataset
     from octseg.data.prepared import is_prepared
     from octseg.data.synthetic import write_synthetic_dataset
@@ -33,11 +39,11 @@ def _prepare(out: Path, seed: int) -> Path:
     if is_prepared(prepared):
         print(f"reusing {prepared}")
         return prepared
-    synth = out / "synthetic"
-    summary = write_synthetic_dataset(synth, fmt="mhd", seed=seed, preview=out / "synthetic_preview.png", **SYNTH)
+    summary = write_synthetic_dataset(out / "synthetic", fmt="mhd", seed=seed, preview=out / "synthetic_preview.png",
+                                      **synth)
     print(summary["text"])
-    ds = prepare_dataset(synth, prepared, size=SIZE)
-    print(f"prepared {len(ds)} B-scans at {SIZE[0]}x{SIZE[1]} -> {prepared}")
+    ds = prepare_dataset(out / "synthetic", prepared, size=size)
+    print(f"prepared {len(ds)} B-scans at {size[0]}x{size[1]} -> {prepared}")
     return prepared
 
 
@@ -104,8 +110,12 @@ def _figure(path: Path, data, predictions: dict, classes, n: int = 4) -> None:
     plt.close(fig)
 
 
-def run_demo(out="runs/demo", minutes: Optional[float] = None, seed: int = 0) -> dict:
-    """Run the whole demo into ``out``; returns method -> weights -> scores on the test volumes."""
+def run_demo(out="runs/demo", minutes: Optional[float] = None, seed: int = 0, quick: bool = False) -> dict:
+    """Run the whole demo into ``out``; returns method -> weights -> scores on the test volumes.
+
+    ``quick`` runs the same pipeline on a tiny dataset and model in seconds (for tests); its
+    figures mean nothing.
+    """
     from octseg.checkpoint import load_network
     from octseg.engine import load_train_data
     from octseg.inference import predict_labels
@@ -114,8 +124,8 @@ def run_demo(out="runs/demo", minutes: Optional[float] = None, seed: int = 0) ->
     t0 = time.time()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    prepared = _prepare(out, seed)
-    overrides = [f"data.path={prepared}", f"seed={seed}"]
+    prepared = _prepare(out, seed, QUICK_SYNTH, QUICK_SIZE) if quick else _prepare(out, seed)
+    overrides = [f"data.path={prepared}", f"seed={seed}"] + (QUICK_OVERRIDES if quick else [])
     if minutes:
         overrides.append(f"trainer.max_minutes={minutes}")
     base = load_config("demo_cpu", overrides)
@@ -160,8 +170,8 @@ def run_demo(out="runs/demo", minutes: Optional[float] = None, seed: int = 0) ->
         "classes": list(data.classes),
         "split_counts": n,
         "seconds": round(time.time() - t0, 1),
-        "synthetic": SYNTH,
-        "size": list(SIZE),
+        "synthetic": QUICK_SYNTH if quick else SYNTH,
+        "size": list(QUICK_SIZE if quick else SIZE),
         "seed": seed,
     }
     (out / "demo_details.json").write_text(json.dumps(details, indent=2))
