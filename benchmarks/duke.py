@@ -39,7 +39,7 @@ not a like-for-like comparison. Data: Chiu et al., Biomed. Opt. Express 6(4), 20
 
     python benchmarks/duke.py                       # ~25 min on 2 idle CPU cores (see --help)
     python benchmarks/duke.py --test-subject 2 3 4 5   # leave-one-subject-out over subjects 2-5
-    python benchmarks/duke.py --quick               # smoke run: tiny steps, small size, ~2 min
+    python benchmarks/duke.py --quick               # smoke run: tiny steps, small size, ~20 s
 """
 
 from __future__ import annotations
@@ -201,8 +201,12 @@ def run_one(cfg, run_dir: Path) -> tuple[Path, dict]:
     info = {"reused": False, "resumed": False}
     if last.is_file():
         saved = yaml.safe_load((run_dir / "config.yaml").read_text()) if (run_dir / "config.yaml").is_file() else None
-        if saved != json.loads(json.dumps(config_to_dict(cfg))):
-            raise SystemExit(f"{run_dir} holds a run with other settings: delete it or choose another --workdir")
+        now = json.loads(json.dumps(config_to_dict(cfg)))
+        if saved != now:
+            diff = [f"{sec}.{k}: {(saved or {}).get(sec, {}).get(k)!r} -> {v!r}" for sec, vals in now.items()
+                    if isinstance(vals, dict) for k, v in vals.items() if (saved or {}).get(sec, {}).get(k) != v]
+            raise SystemExit(f"{run_dir} holds a run with other settings ({'; '.join(diff) or 'config differs'}): "
+                             f"delete it or choose another --workdir")
         if (run_dir / "metrics.json").is_file():
             print(f"  reusing the finished run in {run_dir}")
             info["reused"] = True
@@ -220,7 +224,8 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--shared", type=Path, default=REPO.parent / "shared" / "data",
-                    help="folder holding duke-dme-train/ and duke-subject01-unlabeled/ (default: <repo>/../shared/data)")
+                    help="folder holding duke-dme-train/ and duke-subject01-unlabeled/ "
+                         "(default: <repo>/../shared/data)")
     ap.add_argument("--out", type=Path, default=None, help="JSON (default benchmarks/results/duke.json; "
                     "duke_quick.json with --quick)")
     ap.add_argument("--workdir", type=Path, default=None,
@@ -346,7 +351,8 @@ def main(argv=None) -> int:
             for weights, s in r["scores"].items():
                 lab = (f"all {len(fold['train_subjects'])} subjects" if r["regime"] == "A"
                        else "+".join(fold["regime_B_labelled"]))
-                unl_txt = "-" if r["method"] == "supervised" else "+".join(fold["regime_B_unlabelled"][:-1] + ["S01 vol"])
+                unl_txt = ("-" if r["method"] == "supervised"
+                           else "+".join(fold["regime_B_unlabelled"][:-1] + ["S01 vol"]))
                 f = lambda v: "n/a" if v is None else f"{v:.3f}"  # noqa: E731
                 rows.append([test, r["regime"], r["method"], weights, lab, unl_txt, f(s["fluid_dice_pooled"]),
                              f(s["fluid_dice_per_bscan"]), f(s["band_fluid_dice_pooled"]),
