@@ -330,10 +330,10 @@ class TrainResult:
 
     def summary(self) -> str:
         lines = [f"run folder: {self.run_dir}", f"best checkpoint: {self.best}"]
+        fmt = lambda v: "n/a" if v is None else f"{v:.3f}"  # noqa: E731
         for name, rep in self.metrics.get("val", {}).items():
-            d = rep["pooled"]["dice"]
-            per = ", ".join(f"{c} {v:.3f}" if v is not None else f"{c} n/a" for c, v in d.items())
-            lines.append(f"val {name}: mean foreground Dice {rep['mean_foreground_dice']['pooled']:.3f} ({per})")
+            per = ", ".join(f"{c} {fmt(v)}" for c, v in rep["pooled"]["dice"].items())
+            lines.append(f"val {name}: mean foreground Dice {fmt(rep['mean_foreground_dice']['pooled'])} ({per})")
         return "\n".join(lines)
 
 
