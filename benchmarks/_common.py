@@ -53,3 +53,35 @@ def print_table(headers, rows) -> None:
     print(line(["-" * w for w in widths]))
     for r in rows:
         print(line(r))
+
+
+def run_training(cfg, run_dir: Path) -> tuple[Path, Path, dict]:
+    """Train one recipe into ``run_dir``: reuse a finished run with the same config, resume an
+    interrupted one, refuse a folder holding other settings. Returns (best, last, info)."""
+    import yaml
+
+    from octseg.config import config_to_dict
+    from octseg.engine import train
+
+    last = run_dir / "checkpoints" / "last.ckpt"
+    info = {"reused": False, "resumed": False}
+    if last.is_file():
+        saved = yaml.safe_load((run_dir / "config.yaml").read_text()) if (run_dir / "config.yaml").is_file() else None
+        now = json.loads(json.dumps(config_to_dict(cfg)))
+        if saved != now:
+            diff = [f"{sec}.{k}: {(saved or {}).get(sec, {}).get(k)!r} -> {v!r}" for sec, vals in now.items()
+                    if isinstance(vals, dict) for k, v in vals.items() if (saved or {}).get(sec, {}).get(k) != v]
+            raise SystemExit(f"{run_dir} holds a run with other settings ({'; '.join(diff) or 'config differs'}): "
+                             f"delete it or choose another --workdir")
+        if (run_dir / "metrics.json").is_file():
+            print(f"  reusing the finished run in {run_dir}")
+            info["reused"] = True
+            m = json.loads((run_dir / "metrics.json").read_text())
+            info.update({k: v for k, v in m.items() if k != "val"})
+            return Path(m["best_checkpoint"]), last, info
+        info["resumed"] = True
+    t0 = time.time()
+    res = train(cfg, out_dir=run_dir, resume=info["resumed"])
+    info.update({k: v for k, v in res.metrics.items() if k != "val"})
+    info["wall_seconds"] = round(time.time() - t0, 1)
+    return res.best, res.last, info

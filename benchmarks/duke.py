@@ -59,7 +59,7 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-from benchmarks._common import print_table, write_results  # noqa: E402
+from benchmarks._common import run_training, print_table, write_results  # noqa: E402
 
 RECIPE = "duke"
 PUBLISHED = {"method": "ReLayNet (Roy et al. 2017)", "fluid_dice": 0.77,
@@ -192,32 +192,9 @@ def score(ckpt: Path, ids, images, gt, gt_band, subject: str) -> dict:
 
 
 def run_one(cfg, run_dir: Path) -> tuple[Path, dict]:
-    """Train (or reuse a finished run with the same config, or resume an interrupted one)."""
-    from octseg.config import config_to_dict
-    from octseg.engine import train
-    import yaml
-
-    last = run_dir / "checkpoints" / "last.ckpt"
-    info = {"reused": False, "resumed": False}
-    if last.is_file():
-        saved = yaml.safe_load((run_dir / "config.yaml").read_text()) if (run_dir / "config.yaml").is_file() else None
-        now = json.loads(json.dumps(config_to_dict(cfg)))
-        if saved != now:
-            diff = [f"{sec}.{k}: {(saved or {}).get(sec, {}).get(k)!r} -> {v!r}" for sec, vals in now.items()
-                    if isinstance(vals, dict) for k, v in vals.items() if (saved or {}).get(sec, {}).get(k) != v]
-            raise SystemExit(f"{run_dir} holds a run with other settings ({'; '.join(diff) or 'config differs'}): "
-                             f"delete it or choose another --workdir")
-        if (run_dir / "metrics.json").is_file():
-            print(f"  reusing the finished run in {run_dir}")
-            info["reused"] = True
-            info.update(json.loads((run_dir / "metrics.json").read_text()))
-            return last, info
-        info["resumed"] = True
-    t0 = time.time()
-    res = train(cfg, out_dir=run_dir, resume=info["resumed"])
-    info.update({k: v for k, v in res.metrics.items() if k != "val"})
-    info["wall_seconds"] = round(time.time() - t0, 1)
-    return res.last, info
+    """Train (or reuse/resume) one run; the last checkpoint is the one scored."""
+    best, last, info = run_training(cfg, run_dir)
+    return last, info
 
 
 def main(argv=None) -> int:

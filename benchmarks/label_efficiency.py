@@ -40,7 +40,7 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-from benchmarks._common import print_table, write_results  # noqa: E402
+from benchmarks._common import run_training, print_table, write_results  # noqa: E402
 
 RECIPE = "demo_cpu"
 SYNTH = dict(volumes=72, slices=6, scale=0.5, fluid_free_fraction=0.1)
@@ -153,33 +153,9 @@ def write_split(ds, name: str, labelled_vols, train, val, test, note: str) -> st
 
 
 def run_one(cfg, run_dir: Path) -> tuple[Path, dict]:
-    """Train (or reuse a finished run with the same config, or resume an interrupted one)."""
-    import yaml
-
-    from octseg.config import config_to_dict
-    from octseg.engine import train
-
-    last = run_dir / "checkpoints" / "last.ckpt"
-    info = {"reused": False, "resumed": False}
-    if last.is_file():
-        saved = yaml.safe_load((run_dir / "config.yaml").read_text()) if (run_dir / "config.yaml").is_file() else None
-        now = json.loads(json.dumps(config_to_dict(cfg)))
-        if saved != now:
-            diff = [f"{sec}.{k}: {(saved or {}).get(sec, {}).get(k)!r} -> {v!r}" for sec, vals in now.items()
-                    if isinstance(vals, dict) for k, v in vals.items() if (saved or {}).get(sec, {}).get(k) != v]
-            raise SystemExit(f"{run_dir} holds a run with other settings ({'; '.join(diff) or 'config differs'}): "
-                             f"delete it or choose another --workdir")
-        if (run_dir / "metrics.json").is_file():
-            info["reused"] = True
-            m = json.loads((run_dir / "metrics.json").read_text())
-            info.update({k: v for k, v in m.items() if k != "val"})
-            return Path(m["best_checkpoint"]), info
-        info["resumed"] = True
-    t0 = time.time()
-    res = train(cfg, out_dir=run_dir, resume=info["resumed"])
-    info.update({k: v for k, v in res.metrics.items() if k != "val"})
-    info["wall_seconds"] = round(time.time() - t0, 1)
-    return res.best, info
+    """Train (or reuse/resume) one run; the best checkpoint is the one scored."""
+    best, last, info = run_training(cfg, run_dir)
+    return best, info
 
 
 def score(ckpt: Path, ds, split_name: str) -> dict:

@@ -85,9 +85,12 @@ def model_only(ckpt: Path, onnx_path: Path, batch: int = 8, seconds: float = 6.0
             res["torch_bf16_autocast"] = rate(lambda: model(x))
     res["bf16_mask_agreement"] = float((bf.argmax(1) == ref.argmax(1)).float().mean())
     res["bf16_max_abs_logit_diff"] = float((bf - ref).abs().max())
-    sess = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
     xn = x.numpy()
-    res["onnxruntime_fp32"] = rate(lambda: sess.run(None, {"image": xn}))
+    for spin in ("0", "1"):
+        opts = ort.SessionOptions()
+        opts.add_session_config_entry("session.intra_op.allow_spinning", spin)
+        sess = ort.InferenceSession(str(onnx_path), opts, providers=["CPUExecutionProvider"])
+        res[f"onnxruntime_fp32_{'spin' if spin == '1' else 'nospin'}"] = rate(lambda: sess.run(None, {"image": xn}))
     return res
 
 

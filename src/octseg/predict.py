@@ -116,6 +116,9 @@ def _onnx_session(model: Union[str, os.PathLike, bytes], device: str, explicit: 
         raise ConfigError("backend onnx needs onnxruntime: pip install 'octseg[onnx]'") from None
     opts = ort.SessionOptions()
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    # No busy-waiting between operators: measured 20% faster when other processes share the
+    # CPU and no slower alone (benchmarks/predict_throughput.py). OCTSEG_ORT_SPIN=1 restores it.
+    opts.add_session_config_entry("session.intra_op.allow_spinning", os.environ.get("OCTSEG_ORT_SPIN", "0"))
     threads = os.environ.get("OCTSEG_ORT_THREADS")
     if threads:
         opts.intra_op_num_threads = int(threads)

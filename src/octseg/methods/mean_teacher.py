@@ -8,6 +8,8 @@
   (and, by default, the labelled) B-scans, weighted by w * sigmoid_rampup(epoch, L).
 * Student and teacher each get their own Gaussian input noise (sigma = ``noise_std``).
 * The teacher runs without gradient.
+* Student and teacher see the labelled and the unlabelled B-scans as two forward passes, so
+  each BatchNorm batch is homogeneous (see ``training_loss``).
 
 BatchNorm choice: during training steps the teacher runs in train mode, normalising with
 the statistics of its own (noisy) input batch, as in the original Mean Teacher code, so
@@ -60,13 +62,19 @@ class MeanTeacher(Method):
     def training_loss(self, x_l, y_l, x_u, ctx: StepContext):
         n_l = x_l.shape[0]
         x = x_l if x_u is None or x_u.shape[0] == 0 else torch.cat([x_l, x_u], 0)
-        # One student forward over labelled + unlabelled B-scans (one BatchNorm batch, one pass).
-        student_logits = self.student(self._noisy(x, ctx.generator))
-        sup = self.supervised_loss(student_logits[:n_l], y_l)
+        # Labelled and unlabelled B-scans go through the student as two BatchNorm batches: in one
+        # joint batch the few labelled B-scans are normalised with statistics of the broad
+        # unlabelled pool, and the student then validated far below the supervised baseline even
+        # with the consistency weight at 0 (0.20 vs 0.62 mean foreground Dice, 5% labels).
+        student_in = self._noisy(x, ctx.generator)
+        logits_l = self.student(student_in[:n_l])
+        sup = self.supervised_loss(logits_l, y_l)
+        student_logits = logits_l if x.shape[0] == n_l else torch.cat([logits_l, self.student(student_in[n_l:])], 0)
         teacher_in = self._noisy(x, ctx.generator)
         self.teacher.train(self.student.training)
-        with torch.no_grad():
-            teacher_logits = self.teacher(teacher_in)
+        with torch.no_grad():  # the same two BatchNorm batches as the student
+            teacher_logits = torch.cat([self.teacher(part) for part in teacher_in.split([n_l, x.shape[0] - n_l])
+                                        if part.shape[0]], 0)
         if self.cfg.consistency_on_labelled or x.shape[0] == n_l:
             cons = softmax_mse(student_logits, teacher_logits)
         else:
