@@ -68,6 +68,8 @@ def run_training(cfg, run_dir: Path) -> tuple[Path, Path, dict]:
     if last.is_file():
         saved = yaml.safe_load((run_dir / "config.yaml").read_text()) if (run_dir / "config.yaml").is_file() else None
         now = json.loads(json.dumps(config_to_dict(cfg)))
+        for c in (saved, now):  # the wall-clock cap is a safety net, not a setting of the result
+            (c or {}).get("trainer", {}).pop("max_minutes", None)
         if saved != now:
             diff = [f"{sec}.{k}: {(saved or {}).get(sec, {}).get(k)!r} -> {v!r}" for sec, vals in now.items()
                     if isinstance(vals, dict) for k, v in vals.items() if (saved or {}).get(sec, {}).get(k) != v]

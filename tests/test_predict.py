@@ -330,6 +330,17 @@ def test_cli_folder_with_corrupt_files(tmp_path, tiny_checkpoint, capsys):
         {"good_0", "good_1", "good_2"}
 
 
+def test_cli_volume_folder_with_a_broken_volume(tmp_path, tiny_checkpoint, capsys):
+    write_synthetic_dataset(tmp_path / "raw", 2, vendors=["topcon"], slices=2, scale=0.1, seed=2, progress=False)
+    raw = tmp_path / "raw" / "RETOUCH-TrainingSet-Topcon" / "TRAIN002" / "oct.raw"
+    raw.write_bytes(raw.read_bytes()[:100])  # truncated data file
+    out = tmp_path / "out"
+    rc, stdout, _ = _cli(capsys, "predict", tiny_checkpoint, tmp_path / "raw", out)
+    assert rc == 1
+    assert (out / "masks" / "Topcon_TRAIN001.mhd").is_file() and not (out / "masks" / "Topcon_TRAIN002.mhd").exists()
+    assert "FAILED: 1 input(s)" in stdout and "TRAIN002" in stdout and "too short" in stdout
+
+
 def _write_raw_mhd(path: Path, dims: list[int]) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("ObjectType = Image\n" f"NDims = {len(dims)}\n" "BinaryData = True\n"
