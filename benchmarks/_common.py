@@ -87,3 +87,26 @@ def run_training(cfg, run_dir: Path) -> tuple[Path, Path, dict]:
     info.update({k: v for k, v in res.metrics.items() if k != "val"})
     info["wall_seconds"] = round(time.time() - t0, 1)
     return res.best, res.last, info
+
+
+def save_split(ds, name: str, parts: dict, volumes: dict, note: str, seed=None) -> str:
+    """A hand-made split in the format of `octseg split`, written only when it changed."""
+    from octseg import __version__
+
+    doc = {
+        "name": name, "seed": seed, "by": "volume",
+        "fractions": {"labeled": None, "labeled_count": None, "val": None, "test": None},
+        "parts": parts,
+        "volumes": volumes,
+        "counts": {k: len(v) for k, v in parts.items()},
+        "octseg_version": __version__,
+        "note": note,
+    }
+    path = ds.path / "splits" / f"{name}.json"
+    path.parent.mkdir(exist_ok=True)
+    text = json.dumps(doc, indent=2, sort_keys=True) + "\n"
+    if not path.is_file() or path.read_text() != text:
+        tmp = path.with_name(f".{name}.json.tmp-{os.getpid()}")
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    return name

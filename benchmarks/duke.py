@@ -46,9 +46,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import logging
-import os
 import shutil
 import sys
 import time
@@ -59,7 +57,7 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-from benchmarks._common import run_training, print_table, write_results  # noqa: E402
+from benchmarks._common import run_training, save_split, print_table, write_results  # noqa: E402
 
 RECIPE = "duke"
 PUBLISHED = {"method": "ReLayNet (Roy et al. 2017)", "fluid_dice": 0.77,
@@ -90,8 +88,6 @@ def subject_id(n) -> str:
 
 def write_split(ds, name: str, labelled_subjects, unlabelled_subjects, test_subject: str, note: str) -> str:
     """A make_split-compatible PREPARED/splits/NAME.json; val = test = the held-out subject."""
-    from octseg import __version__
-
     by_subject: dict[str, list[str]] = {}
     for s in ds.slices:
         by_subject.setdefault(s.volume, []).append(s.id)
@@ -102,24 +98,9 @@ def write_split(ds, name: str, labelled_subjects, unlabelled_subjects, test_subj
         "test": list(by_subject[test_subject]),
     }
     train = sorted(set(labelled_subjects) | set(unlabelled_subjects))
-    doc = {
-        "name": name, "seed": 0, "by": "volume",
-        "fractions": {"labeled": None, "labeled_count": None, "val": None, "test": None},
-        "parts": parts,
-        "volumes": {"labelled": sorted(labelled_subjects), "unlabelled": sorted(unlabelled_subjects),
-                    "val": [test_subject], "test": [test_subject], "train": train},
-        "counts": {k: len(v) for k, v in parts.items()},
-        "octseg_version": __version__,
-        "note": note,
-    }
-    path = ds.path / "splits" / f"{name}.json"
-    path.parent.mkdir(exist_ok=True)
-    text = json.dumps(doc, indent=2, sort_keys=True) + "\n"
-    if not path.is_file() or path.read_text() != text:
-        tmp = path.with_name(f".{name}.json.tmp-{os.getpid()}")
-        tmp.write_text(text)
-        os.replace(tmp, path)
-    return name
+    volumes = {"labelled": sorted(labelled_subjects), "unlabelled": sorted(unlabelled_subjects),
+               "val": [test_subject], "test": [test_subject], "train": train}
+    return save_split(ds, name, parts, volumes, note, seed=0)
 
 
 def heldout_folder(train_dir: Path, workdir: Path, subject: str) -> Path:

@@ -27,9 +27,7 @@ Spread over seeds: mean, sample std (ddof=1) and min/max.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
-import os
 import sys
 import time
 import warnings
@@ -40,7 +38,7 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-from benchmarks._common import run_training, print_table, write_results  # noqa: E402
+from benchmarks._common import run_training, save_split, print_table, write_results  # noqa: E402
 
 RECIPE = "demo_cpu"
 SYNTH = dict(volumes=72, slices=6, scale=0.5, fluid_free_fraction=0.1)
@@ -121,7 +119,6 @@ def labelled_order(train: list, vendor_of: dict, seed: int) -> list:
 
 
 def write_split(ds, name: str, labelled_vols, train, val, test, note: str) -> str:
-    from octseg import __version__
 
     lab, v, t = set(labelled_vols), set(val), set(test)
     parts = {"labelled": [], "unlabelled": [], "val": [], "test": []}
@@ -129,24 +126,9 @@ def write_split(ds, name: str, labelled_vols, train, val, test, note: str) -> st
         part = ("val" if s.volume in v else "test" if s.volume in t else
                 "labelled" if s.volume in lab and s.labelled else "unlabelled")
         parts[part].append(s.id)
-    doc = {
-        "name": name, "seed": None, "by": "volume",
-        "fractions": {"labeled": None, "labeled_count": None, "val": None, "test": None},
-        "parts": parts,
-        "volumes": {"labelled": sorted(lab), "unlabelled": sorted(set(train) - lab), "val": sorted(v),
-                    "test": sorted(t), "train": sorted(train)},
-        "counts": {k: len(x) for k, x in parts.items()},
-        "octseg_version": __version__,
-        "note": note,
-    }
-    path = ds.path / "splits" / f"{name}.json"
-    path.parent.mkdir(exist_ok=True)
-    text = json.dumps(doc, indent=2, sort_keys=True) + "\n"
-    if not path.is_file() or path.read_text() != text:
-        tmp = path.with_name(f".{name}.json.tmp-{os.getpid()}")
-        tmp.write_text(text)
-        os.replace(tmp, path)
-    return name
+    volumes = {"labelled": sorted(lab), "unlabelled": sorted(set(train) - lab), "val": sorted(v),
+               "test": sorted(t), "train": sorted(train)}
+    return save_split(ds, name, parts, volumes, note)
 
 
 # ----------------------------------------------------------------------------- runs

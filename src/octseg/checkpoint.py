@@ -12,7 +12,7 @@ import pickle
 import tempfile
 import zipfile
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, BinaryIO, Callable, Optional
 
 import torch
 from lightning.pytorch.plugins.io import TorchCheckpointIO
@@ -25,14 +25,15 @@ from octseg.errors import CheckpointError
 CHECKPOINT_FORMAT = 1
 
 
-def atomic_torch_save(obj: Any, path) -> None:
-    """torch.save to a temporary file beside ``path``, fsync, then rename over it."""
+def atomic_write(path, write: Callable[[BinaryIO], object]) -> Path:
+    """Write through ``write(fh)`` into a temporary file beside ``path``, fsync, then rename over it,
+    so a crash never leaves a half-written file under the final name."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as fh:
-            torch.save(obj, fh)
+            write(fh)
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
@@ -42,6 +43,11 @@ def atomic_torch_save(obj: Any, path) -> None:
         except OSError:
             pass
         raise
+    return path
+
+
+def atomic_torch_save(obj: Any, path) -> None:
+    atomic_write(path, lambda fh: torch.save(obj, fh))
 
 
 def safe_load(path, map_location="cpu") -> dict:

@@ -29,7 +29,7 @@ from octseg.config import Config, config_to_dict, save_config
 from octseg.data.augment import augment_batch
 from octseg.data.prepared import PreparedDataset
 from octseg.errors import ConfigError, DataError
-from octseg.inference import predict_labels, resize_images, resize_labels, to_model_input
+from octseg.inference import predict_labels, resize_images, resize_labels
 from octseg.losses import IGNORE_INDEX, SegmentationLoss
 from octseg.methods import StepContext, build_method
 from octseg.models import build_model

@@ -11,7 +11,6 @@ from __future__ import annotations
 import io
 import json
 import os
-import tempfile
 import warnings
 from pathlib import Path
 from typing import Optional
@@ -87,21 +86,12 @@ def export_model(model, meta: dict, out) -> Path:
     except OSError as exc:
         raise DataError(out, f"cannot create the output folder ({exc.strerror or exc})") from None
     data = export_bytes(model, meta)
+    from octseg.checkpoint import atomic_write
+
     try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
+        return atomic_write(out, lambda fh: fh.write(data))
     except OSError as exc:
         raise DataError(out, f"cannot write ({exc.strerror or exc})") from None
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        os.replace(tmp, out)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-    return out
 
 
 def export_onnx(checkpoint, out, weights: Optional[str] = None) -> Path:

@@ -361,21 +361,10 @@ def _volume_header(path: Path):
     return reader
 
 
-def _find_volumes(root: Path, max_depth: int = 5) -> list[Path]:
-    found = []
-    base = len(root.parts)
-    for dirpath, dirnames, filenames in os.walk(root):
-        depth = len(Path(dirpath).parts) - base
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith(".")) if depth < max_depth - 1 else []
-        if "oct.mhd" in filenames:
-            found.append(Path(dirpath) / "oct.mhd")
-    return sorted(found)
-
-
 def _plan(path: Path) -> tuple[list[_Job], list[str]]:
     """The inputs under ``path`` (no pixels read) and notes about skipped files."""
     from octseg.data.prepared import is_prepared
-    from octseg.data.readers import FOLDER_PAIRS, IMAGE_EXTENSIONS
+    from octseg.data.readers import FOLDER_PAIRS, IMAGE_EXTENSIONS, find_oct_files
 
     notes: list[str] = []
     if not path.exists():
@@ -390,7 +379,7 @@ def _plan(path: Path) -> tuple[list[_Job], list[str]]:
     if is_prepared(path):
         raise DataError(path, "is a prepared dataset (arrays resized for training); predict on the original "
                               "scans instead")
-    vols = _find_volumes(path)
+    vols = find_oct_files(path)
     if vols:
         return [_Job("volume", p) for p in vols], notes
     folder = path

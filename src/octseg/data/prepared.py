@@ -22,7 +22,7 @@ from typing import Optional
 
 import numpy as np
 
-from octseg.data.types import UNLABELLED, Spacing
+from octseg.data.types import Spacing
 from octseg.errors import DataError
 
 FORMAT_NAME = "octseg-prepared"

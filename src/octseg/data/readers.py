@@ -168,7 +168,8 @@ class _Volume:
         self.array = arr[None] if arr.ndim == 2 else arr
 
 
-def _find_oct_files(root: Path) -> list[Path]:
+def find_oct_files(root: Path) -> list[Path]:
+    """Every ``oct.mhd`` under ``root`` (a few folder levels deep), sorted."""
     found = []
     root_depth = len(root.parts)
     for dirpath, dirnames, filenames in os.walk(root):
@@ -248,7 +249,7 @@ def _scan_retouch(path: Path, classes) -> DatasetSource:
             raise DataError(path, "not an .mhd volume")
         oct_files, root = [path], path.parent
     else:
-        oct_files, root = _find_oct_files(path), path
+        oct_files, root = find_oct_files(path), path
         if not oct_files:
             raise DataError(path, "no oct.mhd volumes found (expected RETOUCH-*Set-<Vendor>/<CASE>/oct.mhd)")
     meta = _read_volumes_csv(root, msgs)
@@ -580,7 +581,7 @@ def detect_layout(path: Path) -> str:
     """``retouch`` when ``path`` is an .mhd file or holds oct.mhd volumes, else ``folders``."""
     if path.is_file():
         return "retouch" if path.suffix.lower() == ".mhd" else "folders"
-    return "retouch" if _find_oct_files(path) else "folders"
+    return "retouch" if find_oct_files(path) else "folders"
 
 
 def scan_source(path, layout: str = "auto", images=None, masks=None, pair_by_order: bool = False,
