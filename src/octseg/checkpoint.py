@@ -1,5 +1,7 @@
 """Checkpoints: written atomically, read without running pickled code, self-describing.
 
+No Lightning import here: prediction loads checkpoints without the training stack.
+
 Every octseg checkpoint is a Lightning checkpoint with one extra entry, ``"octseg"``, that
 holds all a user needs to run the model (architecture, classes, input size, intensity
 normalisation, octseg version) as plain data.
@@ -15,7 +17,6 @@ from pathlib import Path
 from typing import Any, BinaryIO, Callable, Optional
 
 import torch
-from lightning.pytorch.plugins.io import TorchCheckpointIO
 from torch import nn
 
 from octseg import __version__
@@ -67,16 +68,6 @@ def safe_load(path, map_location="cpu") -> dict:
     if not isinstance(obj, dict):
         raise CheckpointError(f"{path}: not a checkpoint (found {type(obj).__name__})")
     return obj
-
-
-class AtomicCheckpointIO(TorchCheckpointIO):
-    """Lightning checkpoint I/O: atomic writes, weights-only reads."""
-
-    def save_checkpoint(self, checkpoint, path, storage_options=None):
-        atomic_torch_save(checkpoint, path)
-
-    def load_checkpoint(self, path, map_location=None, weights_only=None):
-        return safe_load(path, map_location=map_location or "cpu")
 
 
 def read_meta(ckpt: dict, path="checkpoint") -> dict:

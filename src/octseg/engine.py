@@ -22,9 +22,10 @@ import lightning as L
 import numpy as np
 import torch
 import yaml
+from lightning.pytorch.plugins.io import TorchCheckpointIO
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from octseg.checkpoint import AtomicCheckpointIO, checkpoint_meta, network_state, safe_load
+from octseg.checkpoint import atomic_torch_save, checkpoint_meta, network_state, safe_load
 from octseg.config import Config, config_to_dict, save_config
 from octseg.data.augment import augment_batch
 from octseg.data.prepared import PreparedDataset
@@ -33,6 +34,16 @@ from octseg.inference import predict_labels, resize_images, resize_labels
 from octseg.losses import IGNORE_INDEX, SegmentationLoss
 from octseg.methods import StepContext, build_method
 from octseg.models import build_model
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Lightning checkpoint I/O: atomic writes, weights-only reads."""
+
+    def save_checkpoint(self, checkpoint, path, storage_options=None):
+        atomic_torch_save(checkpoint, path)
+
+    def load_checkpoint(self, path, map_location=None, weights_only=None):
+        return safe_load(path, map_location=map_location or "cpu")
 
 
 # ----------------------------------------------------------------------------- data
