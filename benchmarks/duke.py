@@ -145,14 +145,13 @@ def band_masks(gt: np.ndarray, margin: int) -> tuple[np.ndarray, list[int]]:
 
 def score(ckpt: Path, ids, images, gt, gt_band, subject: str) -> dict:
     """Fluid Dice of every network in the checkpoint at native size (pooled and per B-scan)."""
-    from octseg.checkpoint import load_network
+    from octseg.checkpoint import load_networks
     from octseg.inference import predict_labels
     from octseg.metrics import segmentation_report
 
-    _, meta = load_network(ckpt)
+    nets, meta = load_networks(ckpt)
     out = {}
-    for weights in meta["networks"]:
-        net, meta = load_network(ckpt, weights=weights)
+    for weights, net in nets.items():
         pred = predict_labels(net, images, meta["normalization"], meta["input_size"], batch=4,
                               out_size=images.shape[1:])
         vols = [subject] * len(ids)

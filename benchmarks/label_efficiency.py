@@ -141,7 +141,7 @@ def run_one(cfg, run_dir: Path) -> tuple[Path, dict]:
 
 
 def score(ckpt: Path, ds, split_name: str) -> dict:
-    from octseg.checkpoint import load_network
+    from octseg.checkpoint import load_networks
     from octseg.data.splits import load_split, split_indices
     from octseg.inference import predict_labels
     from octseg.metrics import segmentation_report
@@ -149,10 +149,9 @@ def score(ckpt: Path, ds, split_name: str) -> dict:
     rows = np.sort(split_indices(ds, load_split(ds, split_name))["test"])
     images, gt = np.asarray(ds.images[rows]), np.asarray(ds.masks[rows])
     vols = [ds.slices[r].volume for r in rows]
-    _, meta = load_network(ckpt)
+    nets, meta = load_networks(ckpt)
     out = {}
-    for weights in meta["networks"]:
-        net, meta = load_network(ckpt, weights=weights)
+    for weights, net in nets.items():
         pred = predict_labels(net, images, meta["normalization"], meta["input_size"], batch=32)
         rep = segmentation_report(gt, pred, len(ds.classes), class_names=list(ds.classes), volumes=vols, tables=False)
         out[weights] = {

@@ -89,10 +89,19 @@ def network_state(ckpt: dict, name: str) -> dict:
     return state
 
 
-def load_network(path, weights: Optional[str] = None, device="cpu") -> tuple[nn.Module, dict]:
-    """The network (eval mode) and meta of a checkpoint. ``weights``: teacher | student | None (default)."""
+def _build_network(ckpt: dict, meta: dict, name: str, path, device) -> nn.Module:
     from octseg.models import ModelConfig, build_model
 
+    model = build_model(ModelConfig(**{**meta["model"], "encoder_weights": "none"}), len(meta["classes"]))
+    try:
+        model.load_state_dict(network_state(ckpt, name))
+    except RuntimeError as exc:
+        raise CheckpointError(f"{path}: weights do not fit the recorded architecture ({exc})") from None
+    return model.to(device).eval()
+
+
+def load_network(path, weights: Optional[str] = None, device="cpu") -> tuple[nn.Module, dict]:
+    """The network (eval mode) and meta of a checkpoint. ``weights``: teacher | student | None (default)."""
     ckpt = safe_load(path)
     meta = read_meta(ckpt, path)
     name = weights or meta["default_weights"]
@@ -100,13 +109,14 @@ def load_network(path, weights: Optional[str] = None, device="cpu") -> tuple[nn.
         fallback = meta["default_weights"]
         print(f"note: {path} has no {name!r} weights (method {meta['method']}); using {fallback!r}")
         name = fallback
-    model = build_model(ModelConfig(**{**meta["model"], "encoder_weights": "none"}), len(meta["classes"]))
-    try:
-        model.load_state_dict(network_state(ckpt, name))
-    except RuntimeError as exc:
-        raise CheckpointError(f"{path}: weights do not fit the recorded architecture ({exc})") from None
-    meta = dict(meta, weights=name)
-    return model.to(device).eval(), meta
+    return _build_network(ckpt, meta, name, path, device), dict(meta, weights=name)
+
+
+def load_networks(path, device="cpu") -> tuple[dict[str, nn.Module], dict]:
+    """Every network of a checkpoint (e.g. teacher and student), reading the file once."""
+    ckpt = safe_load(path)
+    meta = read_meta(ckpt, path)
+    return {name: _build_network(ckpt, meta, name, path, device) for name in meta["networks"]}, meta
 
 
 def checkpoint_meta(model_cfg: dict, classes, input_size, norm: dict, method: str, networks, default_weights: str,

@@ -116,7 +116,7 @@ def run_demo(out="runs/demo", minutes: Optional[float] = None, seed: int = 0, qu
     ``quick`` runs the same pipeline on a tiny dataset and model in seconds (for tests); its
     figures mean nothing.
     """
-    from octseg.checkpoint import load_network
+    from octseg.checkpoint import load_networks
     from octseg.engine import load_train_data
     from octseg.inference import predict_labels
     from octseg.metrics import segmentation_report
@@ -141,9 +141,8 @@ def run_demo(out="runs/demo", minutes: Optional[float] = None, seed: int = 0, qu
         images, gt = np.asarray(data.images[rows]), np.asarray(data.masks[rows])
         volumes = [data.volumes[r] for r in rows]
         results[method] = {}
-        _, meta = load_network(best)
-        for weights in meta["networks"]:
-            net, meta = load_network(best, weights=weights)
+        nets, meta = load_networks(best)
+        for weights, net in nets.items():
             pred = predict_labels(net, images, meta["normalization"], meta["input_size"], batch=16)
             rep = segmentation_report(gt, pred, len(data.classes), class_names=list(data.classes), volumes=volumes,
                                       tables=False)

@@ -25,7 +25,7 @@ import yaml
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from octseg.checkpoint import atomic_torch_save, checkpoint_meta, network_state, safe_load
+from octseg.checkpoint import atomic_torch_save, checkpoint_meta, safe_load
 from octseg.config import Config, config_to_dict, save_config
 from octseg.data.augment import augment_batch
 from octseg.data.prepared import PreparedDataset
@@ -425,21 +425,16 @@ def build_trainer(cfg: Config, run_dir: Path, callbacks=(), logger=True, **train
 
 def evaluate_networks(ckpt_path: Path, data: TrainData, part: str = "val", device="cpu", batch: int = 16) -> dict:
     """Honest per-class figures of every network in a checkpoint on one part of the split."""
-    from octseg.checkpoint import read_meta
+    from octseg.checkpoint import load_networks
     from octseg.metrics import segmentation_report
-    from octseg.models import ModelConfig
 
-    ckpt = safe_load(ckpt_path)
-    meta = read_meta(ckpt, ckpt_path)
+    nets, meta = load_networks(ckpt_path, device)
     rows = data.parts[part]
     images, gt = np.asarray(data.images[rows]), np.asarray(data.masks[rows])
     vols = [data.volumes[r] for r in rows]
     vendors = [data.vendors[r] for r in rows]
     out = {}
-    for name in meta["networks"]:
-        net = build_model(ModelConfig(**meta["model"]), len(meta["classes"]))
-        net.load_state_dict(network_state(ckpt, name))
-        net.to(device).eval()
+    for name, net in nets.items():
         pred = predict_labels(net, images, meta["normalization"], meta["input_size"], batch=batch, device=device)
         out[name] = segmentation_report(gt, pred, len(meta["classes"]), class_names=meta["classes"], volumes=vols,
                                         vendors=vendors if any(vendors) else None)
