@@ -29,7 +29,9 @@ def rng(*key):
 
 
 def files_bytes(root: Path) -> dict:
-    return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+    """The dataset's files (not octseg's output record, which holds times and process ids)."""
+    return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*"))
+            if p.is_file() and ".octseg" not in p.relative_to(root).parts}
 
 
 @pytest.fixture(scope="module")
@@ -135,7 +137,7 @@ def test_mhd_layout_is_retouch(tmp_path):
     s = _write(tmp_path, "mhd", volumes=4)
     assert s["volumes"] == 4 and s["bscans"] == 12 and "4 synthetic volumes" in s["text"]
     expect = {"Cirrus": ["TRAIN001", "TRAIN004"], "Spectralis": ["TRAIN002"], "Topcon": ["TRAIN003"]}
-    assert sorted(p.name for p in tmp_path.iterdir()) == [f"RETOUCH-TrainingSet-{k}" for k in expect]
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name != ".octseg") == [f"RETOUCH-TrainingSet-{k}" for k in expect]
     for folder, names in expect.items():
         g = GEOMETRY[folder.lower()]
         vdir = tmp_path / f"RETOUCH-TrainingSet-{folder}"

@@ -279,6 +279,29 @@ def test_resume_refuses_changed_config_and_missing_run(tiny_prepared, tmp_path):
         train(load_config(None, base), out_dir=tmp_path / "r")
 
 
+def test_resume_refuses_a_changed_split_file(tiny_prepared, tmp_path):
+    """A split file edited after the run started must not silently change what a resumed run trains on."""
+    import json
+    import shutil
+
+    from octseg.engine import train
+    from octseg.errors import DataError
+
+    data = tmp_path / "prepared"
+    shutil.copytree(tiny_prepared, data)
+    torch.set_num_threads(1)
+    base = _tiny_overrides(data, **{"trainer.max_epochs": 1, "method.name": "supervised"})
+    train(load_config(None, base), out_dir=tmp_path / "r")
+    saved = (tmp_path / "r" / "split.json").read_text()
+    split_file = next((data / "splits").glob("*.json"))
+    doc = json.loads(split_file.read_text())
+    doc["parts"]["labelled"].append(doc["parts"]["unlabelled"].pop())
+    split_file.write_text(json.dumps(doc))
+    with pytest.raises(DataError, match="differs from the one this run started with"):
+        train(load_config(None, base + ["trainer.max_epochs=2"]), out_dir=tmp_path / "r", resume=True)
+    assert (tmp_path / "r" / "split.json").read_text() == saved
+
+
 def test_step_sampler_is_a_function_of_seed_and_epoch():
     from octseg.engine import StepSampler
 

@@ -9,46 +9,29 @@ normalisation, octseg version) as plain data.
 
 from __future__ import annotations
 
-import os
+import io
 import pickle
-import tempfile
 import zipfile
 from pathlib import Path
-from typing import Any, BinaryIO, Callable, Optional
+from typing import Any, Optional
 
 import torch
 from torch import nn
 
 from octseg import __version__
 from octseg.errors import CheckpointError
+from octseg.io.outputs import atomic_write
 
 #: Bumped when the meaning of a checkpoint's contents changes incompatibly.
 CHECKPOINT_FORMAT = 1
 
 
-def atomic_write(path, write: Callable[[BinaryIO], object]) -> Path:
-    """Write through ``write(fh)`` into a temporary file beside ``path``, fsync, then rename over it,
-    so a crash never leaves a half-written file under the final name."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            write(fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-    return path
-
-
 def atomic_torch_save(obj: Any, path) -> None:
-    atomic_write(path, lambda fh: torch.save(obj, fh))
+    """``torch.save`` atomically. The object is serialised in memory first, so a full disk is an
+    OSError naming the file ("no space left on device"), not torch's zip-writer message."""
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    atomic_write(path, lambda fh: fh.write(buf.getbuffer()))
 
 
 def safe_load(path, map_location="cpu") -> dict:
@@ -71,6 +54,8 @@ def safe_load(path, map_location="cpu") -> dict:
 
 
 def read_meta(ckpt: dict, path="checkpoint") -> dict:
+    """The checkpoint's ``"octseg"`` entry, checked field by field: a hand-edited or damaged checkpoint
+    is a CheckpointError naming the file and the field, never NaN masks or a traceback later."""
     meta = ckpt.get("octseg")
     if not isinstance(meta, dict):
         raise CheckpointError(f"{path}: not an octseg checkpoint (no 'octseg' entry)")
@@ -80,8 +65,95 @@ def read_meta(ckpt: dict, path="checkpoint") -> dict:
             f"{path}: checkpoint format {fmt} was written by octseg {meta.get('octseg_version', '?')}; "
             f"this octseg ({__version__}) reads format {CHECKPOINT_FORMAT}"
         )
+    problems = _meta_problems(meta) or _state_problems(ckpt, meta)
+    if problems:
+        raise CheckpointError(f"{path}: damaged or hand-edited checkpoint: " + "; ".join(problems))
     return meta
 
+
+#: Largest input side a checkpoint may ask for (a typo such as 25600 would exhaust memory).
+MAX_INPUT_SIDE = 16384
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_finite(v) -> bool:
+    import math
+
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _is_names(v, least: int) -> bool:
+    """A list of at least ``least`` distinct non-empty strings."""
+    return (isinstance(v, list) and len(v) >= least and all(isinstance(s, str) and s for s in v)
+            and len(set(v)) == len(v))
+
+
+def _model_ok(m) -> bool:
+    """What build_model needs: known ModelConfig fields, string arch and encoder, sane depth/channels."""
+    import dataclasses
+
+    from octseg.models import ModelConfig
+
+    if not isinstance(m, dict) or not set(m) <= {f.name for f in dataclasses.fields(ModelConfig)}:
+        return False
+    dc = m.get("decoder_channels")
+    return (all(isinstance(m.get(k), str) and m.get(k) for k in ("arch", "encoder"))
+            and (_is_int(m.get("encoder_depth", 5)) and 1 <= m.get("encoder_depth", 5) <= 5)
+            and (dc is None or (isinstance(dc, list) and dc and all(_is_int(c) and c >= 1 for c in dc))))
+
+
+#: (field, check, what is allowed) for the ``"octseg"`` entry written by :func:`checkpoint_meta`.
+_META_RULES = (
+    ("classes", lambda v: _is_names(v, 2), "a list of at least 2 distinct class names"),
+    ("input_size", lambda v: isinstance(v, (list, tuple)) and len(v) == 2
+     and all(_is_int(s) and 1 <= s <= MAX_INPUT_SIDE for s in v), f"[H, W], two integers in [1, {MAX_INPUT_SIDE}]"),
+    ("normalization", lambda v: isinstance(v, dict) and _is_finite(v.get("mean")) and _is_finite(v.get("std"))
+     and v["std"] > 0, "{mean, std}: finite numbers, std > 0"),
+    ("model", _model_ok, "a mapping with string 'arch' and 'encoder' (and the other model.* fields)"),
+    ("method", lambda v: isinstance(v, str) and v, "the training method's name"),
+    ("networks", lambda v: _is_names(v, 1), "a non-empty list of network names"),
+    ("default_weights", lambda v: isinstance(v, str) and v, "one of the networks"),
+)
+
+
+def _meta_problems(meta: dict) -> list[str]:
+    missing = object()
+    problems = []
+    for key, ok, allowed in _META_RULES:
+        value = meta.get(key, missing)
+        if value is missing:
+            problems.append(f"'{key}' is missing (must be {allowed})")
+        elif not ok(value):
+            problems.append(f"'{key}'={value!r}: must be {allowed}")
+    if not problems and meta["default_weights"] not in meta["networks"]:
+        problems.append(f"'default_weights'={meta['default_weights']!r}: must be one of 'networks' {meta['networks']}")
+    return problems
+
+
+def _state_problems(ckpt: dict, meta: dict) -> list[str]:
+    """The weights: a state dict with tensors for every network, none NaN or infinite."""
+    state = ckpt.get("state_dict")
+    if not isinstance(state, dict):
+        return ["'state_dict' (the weights) is missing" if state is None
+                else f"'state_dict' is a {type(state).__name__}, not a mapping of weights"]
+    problems = []
+    for name in meta["networks"]:
+        prefix = f"method.{name}."
+        tensors = {k: v for k, v in state.items() if isinstance(k, str) and k.startswith(prefix)}
+        if not tensors:
+            problems.append(f"'state_dict' has no weights for network {name!r} (keys '{prefix}*')")
+            continue
+        for k, v in tensors.items():
+            if not isinstance(v, torch.Tensor):
+                problems.append(f"'state_dict' entry {k!r} is a {type(v).__name__}, not a tensor")
+                break
+            if v.is_floating_point() and not bool(torch.isfinite(v).all()):
+                problems.append(f"'state_dict' entry {k!r} holds NaN or infinite weights")
+                break
+    return problems
 
 def network_state(ckpt: dict, name: str) -> dict:
     prefix = f"method.{name}."

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -22,6 +23,10 @@ def _add_reader_options(p: argparse.ArgumentParser) -> None:
                    help="regular expression with groups 'volume' and 'slice' that parses file stems")
 
 
+OVERWRITE_HELP = ("write into OUT although it holds files octseg did not write (those with octseg's names are "
+                  "replaced, others kept), or replace an earlier octseg run's output there")
+
+
 def _reader_kwargs(a) -> dict:
     return dict(layout=a.layout, images=a.images, masks=a.masks,
                 pair_by_order=a.pair_by_order, volume_regex=a.volume_regex)
@@ -34,6 +39,7 @@ def cmd_synth(a) -> int:
         a.out, volumes=a.volumes, vendors=[v.strip() for v in a.vendors.split(",") if v.strip()],
         fmt=a.format, slices=a.slices, scale=a.scale, seed=a.seed,
         fluid_free_fraction=a.fluid_free, preview=a.preview, real_reference=a.real_reference,
+        overwrite=a.overwrite,
     )
     print(summary["text"] if isinstance(summary, dict) and "text" in summary else summary)
     return 0
@@ -69,7 +75,7 @@ def cmd_train(a) -> int:
     from octseg.engine import train
 
     cfg = load_config(a.config, a.overrides)
-    result = train(cfg, out_dir=a.out, resume=a.resume)
+    result = train(cfg, out_dir=a.out, resume=a.resume, overwrite=a.overwrite)
     print(result.summary())
     return 0
 
@@ -96,7 +102,7 @@ def cmd_predict(a) -> int:
 def cmd_export(a) -> int:
     from octseg.export import export_onnx
 
-    path = export_onnx(a.checkpoint, a.out, weights=a.weights)
+    path = export_onnx(a.checkpoint, a.out, weights=a.weights, overwrite=a.overwrite)
     print(f"exported {path}")
     return 0
 
@@ -104,6 +110,8 @@ def cmd_export(a) -> int:
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="octseg", description=__doc__.splitlines()[0] if __doc__ else None)
     ap.add_argument("--version", action="version", version=f"octseg {__version__}")
+    ap.add_argument("--debug", action="store_true",
+                    help="show the full traceback of an error (also OCTSEG_DEBUG=1)")
     sub = ap.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     p = sub.add_parser("synth", help="generate synthetic RETOUCH-like OCT volumes")
@@ -119,6 +127,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--preview", type=Path, default=None, help="write a preview figure (PNG)")
     p.add_argument("--real-reference", type=Path, default=None,
                    help="a real B-scan image shown beside the synthetic ones in the preview")
+    p.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
     p.set_defaults(func=cmd_synth)
 
     p = sub.add_parser("prepare", help="turn a raw data folder into a prepared dataset")
@@ -149,6 +158,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. trainer.max_epochs=3")
     p.add_argument("--out", type=Path, default=None, help="run folder (default: runs/<recipe name>)")
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoints/last.ckpt")
+    p.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("demo", help="synthesise data, train supervised and Mean Teacher on CPU, compare")
@@ -170,6 +180,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="score at the model's input size instead of each scan's native size")
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--device", default="auto")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --json file that octseg did not write")
     _add_reader_options(p)
     p.set_defaults(func=cmd_evaluate)
 
@@ -187,6 +198,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="which network of a Mean Teacher checkpoint (default: the checkpoint's, the teacher)")
     p.add_argument("--min-size", action="append", default=[], metavar="CLASS=PIXELS",
                    help="remove connected components smaller than PIXELS of CLASS (name or index); repeatable")
+    p.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
     p.set_defaults(func=cmd_predict)
 
     p = sub.add_parser("export", help="export a checkpoint to ONNX")
@@ -194,7 +206,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("out", type=Path)
     p.add_argument("--weights", choices=["teacher", "student"], default=None,
                    help="which network of a Mean Teacher checkpoint (default: the checkpoint's, the teacher)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing OUT file that octseg did not write")
     p.set_defaults(func=cmd_export)
+    for p in sub.choices.values():  # `octseg predict ... --debug` works as well as `octseg --debug predict`
+        p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     return ap
 
 
@@ -216,14 +231,32 @@ def main(argv=None) -> int:
     warnings.filterwarnings("ignore", message=r".*(LeafSpec|does not have many workers|smaller than the logging "
                                               r"interval|exists and is not empty).*")
     args = build_parser().parse_args(argv)
+    debug = args.debug or os.environ.get("OCTSEG_DEBUG", "") not in ("", "0")
     try:
         return int(args.func(args) or 0)
-    except OctsegError as exc:
-        print(f"octseg {args.command}: error: {exc}", file=sys.stderr)
-        return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except Exception as exc:  # every failure a user sees is one line; --debug shows the traceback
+        if debug:
+            raise
+        print(f"octseg {args.command}: error: {_one_line(exc)}", file=sys.stderr)
+        return 2 if isinstance(exc, OctsegError) else 1
+
+
+def _one_line(exc: BaseException) -> str:
+    """The error as one line: octseg's own message, an OS error with its file, or the type and
+    first line of anything unexpected (with a pointer to --debug)."""
+    if isinstance(exc, OctsegError):
+        return " ".join(str(exc).split("\n"))
+    if isinstance(exc, OSError):
+        from octseg.io.outputs import write_error
+
+        if exc.errno is not None and exc.filename:
+            return str(write_error(exc, exc.filename, "cannot access"))
+    first = (str(exc).strip().splitlines() or [""])[0]
+    return (f"unexpected {type(exc).__name__}: {first} (this is a bug in octseg or an input it does not "
+            f"recognise; rerun with --debug for the traceback and report it)")
 
 
 if __name__ == "__main__":

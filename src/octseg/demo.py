@@ -39,8 +39,9 @@ def _prepare(out: Path, seed: int, synth: dict = SYNTH, size=SIZE) -> Path:
     if is_prepared(prepared):
         print(f"reusing {prepared}")
         return prepared
+    # the demo folder is the demo's: an interrupted synth there is replaced, not kept beside a new one
     summary = write_synthetic_dataset(out / "synthetic", fmt="mhd", seed=seed, preview=out / "synthetic_preview.png",
-                                      **synth)
+                                      overwrite=True, **synth)
     print(summary["text"])
     ds = prepare_dataset(out / "synthetic", prepared, size=size)
     print(f"prepared {len(ds)} B-scans at {size[0]}x{size[1]} -> {prepared}")
@@ -114,16 +115,24 @@ def run_demo(out="runs/demo", minutes: Optional[float] = None, seed: int = 0, qu
     """Run the whole demo into ``out``; returns method -> weights -> scores on the test volumes.
 
     ``quick`` runs the same pipeline on a tiny dataset and model in seconds (for tests); its
-    figures mean nothing.
+    figures mean nothing. ``out`` must be new, empty or an earlier demo's folder (reused).
     """
+    from octseg.io.outputs import OutputFolder
+
+    out = Path(out)
+    legacy = lambda p: (p / "prepared" / "dataset.json").is_file()  # noqa: E731 - a demo folder of octseg <= 0.1
+    with OutputFolder(out, "demo", whole=True, legacy=legacy):
+        return _run_demo(out, minutes, seed, quick)
+
+
+def _run_demo(out: Path, minutes: Optional[float], seed: int, quick: bool) -> dict:
     from octseg.checkpoint import load_networks
     from octseg.engine import load_train_data
     from octseg.inference import predict_labels
+    from octseg.io.outputs import atomic_write_text
     from octseg.metrics import segmentation_report
 
     t0 = time.time()
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     prepared = _prepare(out, seed, QUICK_SYNTH, QUICK_SIZE) if quick else _prepare(out, seed)
     overrides = [f"data.path={prepared}", f"seed={seed}"] + (QUICK_OVERRIDES if quick else [])
     if minutes:
@@ -163,7 +172,7 @@ def run_demo(out="runs/demo", minutes: Optional[float] = None, seed: int = 0, qu
     _figure(out / "demo_predictions.png", data, predictions, list(data.classes))
     flat = {m: {w: {**{c: v for c, v in r["dice"].items()}, "mean_foreground": r["mean_foreground"]}
                 for w, r in by_w.items()} for m, by_w in results.items()}
-    (out / "demo_results.json").write_text(json.dumps(flat, indent=2))
+    atomic_write_text(out / "demo_results.json", json.dumps(flat, indent=2))
     details = {
         "results": results,
         "classes": list(data.classes),
@@ -173,7 +182,7 @@ def run_demo(out="runs/demo", minutes: Optional[float] = None, seed: int = 0, qu
         "size": list(QUICK_SIZE if quick else SIZE),
         "seed": seed,
     }
-    (out / "demo_details.json").write_text(json.dumps(details, indent=2))
+    atomic_write_text(out / "demo_details.json", json.dumps(details, indent=2))
     print(f"\nwrote {out / 'demo_results.json'} (method -> weights -> class -> Dice), {out / 'demo_predictions.png'} "
           f"and the runs in {out}/<method>/ ({details['seconds'] / 60:.1f} min)")
     return results

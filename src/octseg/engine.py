@@ -30,6 +30,7 @@ from octseg.config import Config, config_to_dict, save_config
 from octseg.data.augment import augment_batch
 from octseg.data.prepared import PreparedDataset
 from octseg.errors import ConfigError, DataError
+from octseg.io.outputs import atomic_write_text
 from octseg.inference import predict_labels, resize_images, resize_labels
 from octseg.losses import IGNORE_INDEX, SegmentationLoss
 from octseg.methods import StepContext, build_method
@@ -481,9 +482,45 @@ def plot_learning_curves(run_dir: Path) -> Optional[Path]:
     return out
 
 
-def train(cfg: Config, out_dir=None, resume: bool = False, extra_callbacks=()) -> TrainResult:
-    """Train one recipe into a run folder (config, split, logs, checkpoints, metrics, curves)."""
+def _is_run_folder(path: Path) -> bool:
+    """A run folder written by an octseg from before output records (config.yaml + checkpoints/)."""
+    return (path / "config.yaml").is_file() and (path / "checkpoints").is_dir()
+
+
+def _check_resume_split(split: dict, run_dir: Path) -> None:
+    """A resumed run must train on the split it started with, never on a split file changed since."""
+    saved_path = run_dir / "split.json"
+    if not saved_path.is_file():
+        return
+    try:
+        saved = json.loads(saved_path.read_text())
+    except (OSError, ValueError) as exc:
+        raise DataError(saved_path, f"cannot read the run's split ({exc})") from None
+    if saved.get("parts") == split.get("parts"):
+        return
+    changed = [f"{k} {len(saved.get('parts', {}).get(k, []))} -> {len(split.get('parts', {}).get(k, []))} B-scans"
+               if len(saved.get("parts", {}).get(k, [])) != len(split.get("parts", {}).get(k, [])) else f"{k} changed"
+               for k in sorted(set(saved.get("parts", {})) | set(split.get("parts", {})))
+               if saved.get("parts", {}).get(k) != split.get("parts", {}).get(k)]
+    raise DataError(saved_path, f"--resume: the split {split.get('name')!r} of the dataset differs from the one this "
+                                f"run started with ({'; '.join(changed)}); restore the original split file, or start "
+                                f"a new run in another folder")
+
+
+def train(cfg: Config, out_dir=None, resume: bool = False, extra_callbacks=(), overwrite: bool = False) -> TrainResult:
+    """Train one recipe into a run folder (config, split, logs, checkpoints, metrics, curves).
+
+    The folder must be new, empty or an octseg run folder (``overwrite`` allows a folder with
+    other files, which are left alone); only one process trains into it at a time."""
+    from octseg.io.outputs import OutputFolder
+
     run_dir = Path(out_dir) if out_dir else Path("runs") / cfg.name
+    with OutputFolder(run_dir, "train", whole=True, overwrite=overwrite, legacy=_is_run_folder,
+                      protect=[cfg.data.path, *cfg.data.extra_unlabeled]):
+        return _train(cfg, run_dir, resume, extra_callbacks)
+
+
+def _train(cfg: Config, run_dir: Path, resume: bool, extra_callbacks) -> TrainResult:
     last = run_dir / "checkpoints" / "last.ckpt"
     if resume:
         if not last.is_file():
@@ -498,8 +535,10 @@ def train(cfg: Config, out_dir=None, resume: bool = False, extra_callbacks=()) -
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     data = load_train_data(cfg)
     input_size = _network_input_size(cfg, data)
+    if resume:
+        _check_resume_split(data.split, run_dir)
     save_config(cfg, run_dir / "config.yaml")
-    (run_dir / "split.json").write_text(json.dumps(data.split, indent=1, sort_keys=True))
+    atomic_write_text(run_dir / "split.json", json.dumps(data.split, indent=1, sort_keys=True))
     norm = intensity_stats(data.images, np.concatenate([data.parts["labelled"], data.parts.get("unlabelled", [])]).astype(np.int64))
     n_lab = len(data.parts["labelled"])
     n_unl = len(data.parts.get("unlabelled", ()))
@@ -530,7 +569,7 @@ def train(cfg: Config, out_dir=None, resume: bool = False, extra_callbacks=()) -
                "global_step": trainer.global_step}
     if trainer.is_global_zero:
         metrics["val"] = evaluate_networks(best, data, "val", device="cpu" if not torch.cuda.is_available() else "cuda")
-        (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, default=_json_default))
+        atomic_write_text(run_dir / "metrics.json", json.dumps(metrics, indent=2, default=_json_default))
         plot_learning_curves(run_dir)
     return TrainResult(run_dir, best, last, metrics)
 

@@ -9,8 +9,6 @@ streamed in small chunks into a MetricAccumulator, so RAM use does not grow with
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -319,26 +317,23 @@ def format_evaluation(result: dict) -> str:
     return "\n".join(parts)
 
 
-def write_json(result: dict, path) -> Path:
-    """Write atomically (temp file beside it, then rename): a killed run leaves no half file."""
-    path = Path(path)
-    text = json.dumps(result, indent=2, allow_nan=False) + "\n"
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        try:
-            with os.fdopen(fd, "w") as fh:
-                fh.write(text)
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-    except OSError as exc:
-        raise DataError(exc.filename or path, f"cannot write the report ({exc.strerror or exc})") from None
-    return path
+def write_json(result: dict, path, overwrite: bool = False, protect=()) -> Path:
+    """Write the report atomically; an existing file is replaced only if octseg wrote it (or ``overwrite``)."""
+    from octseg.io.outputs import atomic_write_text, check_output_file
+
+    path = check_output_file(path, overwrite, protect)
+    doc = {"written_by": f"octseg {__version__} evaluate", **result}
+    return atomic_write_text(path, json.dumps(doc, indent=2, allow_nan=False) + "\n")
 
 
 def evaluate_command(args) -> int:
+    from octseg.io.outputs import check_output_file
+
+    protect = [args.checkpoint, args.data]
+    if args.json is not None:  # before the work, not after it
+        check_output_file(args.json, args.overwrite, protect)
+    if args.batch < 1:
+        raise ConfigError(f"--batch must be >= 1, got {args.batch}")
     result = evaluate(
         args.checkpoint, args.data, split=args.split, part=args.part, tta=args.tta, weights=args.weights,
         at_model_size=args.at_model_size, batch=args.batch, device=args.device, progress=True,
@@ -347,5 +342,5 @@ def evaluate_command(args) -> int:
     )
     print(format_evaluation(result))
     if args.json is not None:
-        print(f"\nreport written to {write_json(result, args.json)}")
+        print(f"\nreport written to {write_json(result, args.json, args.overwrite, protect)}")
     return 0

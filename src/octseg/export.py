@@ -15,7 +15,7 @@ import warnings
 from pathlib import Path
 from typing import Optional
 
-from octseg.errors import CheckpointError, DataError
+from octseg.errors import CheckpointError
 
 #: ONNX opset used for export (>= 17: LayerNormalization etc. are native).
 OPSET = 17
@@ -80,31 +80,24 @@ def export_bytes(model, meta: dict) -> bytes:
 
 def export_model(model, meta: dict, out) -> Path:
     """:func:`export_bytes` written atomically to ``out``."""
-    out = Path(out)
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise DataError(out, f"cannot create the output folder ({exc.strerror or exc})") from None
+    from octseg.io.outputs import atomic_write
+
     data = export_bytes(model, meta)
-    from octseg.checkpoint import atomic_write
-
-    try:
-        return atomic_write(out, lambda fh: fh.write(data))
-    except OSError as exc:
-        raise DataError(out, f"cannot write ({exc.strerror or exc})") from None
+    return atomic_write(Path(out), lambda fh: fh.write(data))
 
 
-def export_onnx(checkpoint, out, weights: Optional[str] = None) -> Path:
-    """``octseg export``: checkpoint (teacher or student weights) -> checked ONNX file at ``out``."""
+def export_onnx(checkpoint, out, weights: Optional[str] = None, overwrite: bool = False) -> Path:
+    """``octseg export``: checkpoint (teacher or student weights) -> checked ONNX file at ``out``.
+
+    An existing ``out`` is replaced only when octseg wrote it, or with ``overwrite``."""
     from octseg.checkpoint import load_network
+    from octseg.io.outputs import check_output_file
 
     try:
         import onnx  # noqa: F401
     except ImportError:
         raise CheckpointError("ONNX export needs the onnx package: pip install 'octseg[onnx]'") from None
-    out = Path(out)
-    if out.is_dir():
-        raise DataError(out, "is a folder; give the .onnx file to write")
+    out = check_output_file(out, overwrite, protect=[checkpoint])
     model, meta = load_network(checkpoint, weights, "cpu")
     return export_model(model, onnx_meta(meta), out)
 

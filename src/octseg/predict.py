@@ -17,7 +17,9 @@ Nothing here imports training code (engine, methods, losses).
 from __future__ import annotations
 
 import csv
+import io
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -30,6 +32,7 @@ from typing import Callable, Mapping, Optional, Union
 import numpy as np
 
 from octseg.errors import CheckpointError, ConfigError, DataError, OctsegError
+from octseg.io.outputs import TMP_PREFIX, OutputFolder, atomic_write, atomic_write_text, write_error
 
 #: How many B-scans with the most fluid a volume's overlay montage shows.
 MONTAGE_BSCANS = 8
@@ -63,6 +66,7 @@ def to_uint8_stack(array) -> tuple[np.ndarray, bool]:
     :func:`octseg.data.readers.to_uint8` over the whole stack, as the readers do for a volume:
     kept when within 0..255, else scaled to 0..255 with the 99.9th percentile as white.
     Floats within [0, 1] are scaled by 255; other floats are min-max scaled per image.
+    NaN or infinite values are a :class:`DataError` (never silently 0).
     """
     from octseg.data.readers import to_uint8
 
@@ -82,7 +86,14 @@ def to_uint8_stack(array) -> tuple[np.ndarray, bool]:
     if a.dtype == np.uint8:
         return a, single
     if a.dtype.kind == "f":
-        a = np.nan_to_num(a.astype(np.float32, copy=False), nan=0.0, posinf=0.0, neginf=0.0)
+        finite = np.isfinite(a)
+        if not finite.all():
+            n_nan = int(np.isnan(a).sum())
+            n_bad = int(a.size - np.count_nonzero(finite))
+            raise DataError("input array", f"{n_bad} NaN/inf values ({n_nan} NaN, {n_bad - n_nan} inf) among "
+                                           f"{a.size}; replace them with finite intensities")
+        big = a.dtype.itemsize > 4 and a.size and np.abs(a).max() > np.finfo(np.float32).max
+        a = a.astype(np.float64 if big else np.float32, copy=False)  # float32 would make them inf
         if a.size and a.min() >= 0.0 and a.max() <= 1.0:
             return np.rint(a * 255.0).astype(np.uint8), single
         lo = a.min(axis=(1, 2), keepdims=True)
@@ -333,6 +344,7 @@ class PredictRun:
     n_volumes: int = 0
     seconds: float = 0.0
     timings: dict = field(default_factory=dict)  # stage -> seconds: read, infer, masks, overlays, csv
+    folder: Optional[OutputFolder] = None  # the claimed OUT: every written file goes through it
 
     @contextmanager
     def timed(self, stage: str):
@@ -362,34 +374,55 @@ def _volume_header(path: Path):
 
 
 def _plan(path: Path) -> tuple[list[_Job], list[str]]:
-    """The inputs under ``path`` (no pixels read) and notes about skipped files."""
+    """The inputs under ``path`` (no pixels read) and notes about skipped files.
+
+    Only regular files (symlinks followed) become inputs; other entries (FIFO, socket, device,
+    broken symlink, symlink loop) are skipped with a note naming them, and nothing is opened,
+    so nothing blocks. A ``path`` that is itself no regular file or folder is a DataError."""
     from octseg.data.prepared import is_prepared
-    from octseg.data.readers import FOLDER_PAIRS, IMAGE_EXTENSIONS, find_oct_files
+    from octseg.data.readers import (FOLDER_PAIRS, IMAGE_EXTENSIONS, entry_kind, find_oct_files,
+                                     skipped_note)
 
     notes: list[str] = []
-    if not path.exists():
+    kind = entry_kind(path)
+    if kind == "missing":
         raise DataError(path, "no such file or folder")
-    if path.is_file():
+    if kind == "file":
         suffix = path.suffix.lower()
         if suffix == ".mhd":
             return [_Job("volume", path)], notes
         if suffix in IMAGE_EXTENSIONS:
             return [_Job("image", path)], notes
         raise DataError(path, f"not an image ({', '.join(IMAGE_EXTENSIONS)}) or a MetaImage volume (.mhd)")
+    if kind != "folder":
+        raise DataError(path, f"not a regular file or folder ({kind})")
     if is_prepared(path):
         raise DataError(path, "is a prepared dataset (arrays resized for training); predict on the original "
                               "scans instead")
-    vols = find_oct_files(path)
+    skipped: list[str] = []
+    vols = find_oct_files(path, skipped)
     if vols:
+        if skipped:
+            notes.append(skipped_note(path, skipped))
         return [_Job("volume", p) for p in vols], notes
     folder = path
     for im_dir, _ in FOLDER_PAIRS:
         if (path / im_dir).is_dir():
             folder = path / im_dir
             break
-    images, mhds, other = [], [], []
-    for entry in sorted(os.scandir(folder), key=lambda e: e.name):
-        if not entry.is_file() or entry.name.startswith("."):
+    try:
+        entries = sorted(os.scandir(folder), key=lambda e: e.name)
+    except OSError as exc:
+        raise DataError(folder, f"cannot list the folder ({exc.strerror or exc})") from None
+    images, mhds, other, odd = [], [], [], []
+    for entry in entries:
+        if entry.name.startswith("."):
+            continue
+        kind = entry_kind(entry.path)
+        if kind == "folder":
+            continue
+        if kind != "file":
+            odd.append(f"{entry.name} ({kind})")
             continue
         ext = os.path.splitext(entry.name)[1].lower()
         if ext in IMAGE_EXTENSIONS:
@@ -398,6 +431,8 @@ def _plan(path: Path) -> tuple[list[_Job], list[str]]:
             mhds.append(Path(entry.path))
         elif ext not in (".raw", ".zraw", ".csv", ".json", ".txt", ".md"):
             other.append(entry.name)
+    if odd:
+        notes.append(skipped_note(folder, odd))
     if other:
         notes.append(f"skipped {len(other)} file(s) that are neither images nor volumes in {folder}: "
                      f"{', '.join(other[:5])}{' ...' if len(other) > 5 else ''}")
@@ -436,17 +471,6 @@ def _spacing_table(root: Path) -> dict:
 
 
 # ----------------------------------------------------------------------------------------- CLI: outputs
-
-
-def _prepare_out(out: Path) -> None:
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "masks").mkdir(exist_ok=True)
-        (out / "overlays").mkdir(exist_ok=True)
-        with tempfile.TemporaryFile(dir=out):
-            pass
-    except OSError as exc:
-        raise DataError(out, f"cannot write the output folder ({exc.strerror or exc})") from None
 
 
 def _unique(run: PredictRun, name: str) -> str:
@@ -494,41 +518,33 @@ def _voxel_mm3(spacing) -> Optional[float]:
 
 
 def _write_csv(run: PredictRun) -> Path:
-    path = run.out / "fluid.csv"
+    """fluid.csv, written last and atomically: it is there only when it matches every mask of the run."""
     rows = []
     for vol, v in run.volumes.items():
         vox = _voxel_mm3(v["spacing"])
         for c in range(1, len(run.classes)):
             mm3 = v["pixels"][c] * vox if vox is not None else None
             rows.append(("volume", vol, "", "", run.classes[c], int(v["pixels"][c]), "", _fmt(mm3), v["source"]))
-    try:
-        with open(path, "w", newline="") as fh:
-            w = csv.writer(fh)
-            w.writerow(FLUID_CSV_COLUMNS)
-            w.writerows(rows)
-            w.writerows(run.rows)
-    except OSError as exc:
-        raise DataError(path, f"cannot write ({exc.strerror or exc})") from None
-    return path
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    w.writerow(FLUID_CSV_COLUMNS)
+    w.writerows(rows)
+    w.writerows(run.rows)
+    return atomic_write_text(run.folder.file("fluid.csv"), buf.getvalue())
 
 
-def _save(path: Path, image) -> None:
-    try:
-        image.save(path, compress_level=1)
-    except OSError as exc:
-        raise DataError(path, f"cannot write ({exc.strerror or exc})") from None
-
-
-def _write_png(path: Path, labels: np.ndarray) -> None:
+def _save_png(run: PredictRun, rel: str, image) -> None:
+    """A PIL image as PNG at ``OUT/rel``, atomically (a full disk never leaves half a mask)."""
     from PIL import Image
 
-    try:
-        Image.fromarray(labels).save(path, compress_level=1)
-    except OSError as exc:
-        raise DataError(path, f"cannot write ({exc.strerror or exc})") from None
+    if isinstance(image, np.ndarray):
+        image = Image.fromarray(image)
+    atomic_write(run.folder.file(rel), lambda fh: image.save(fh, format="PNG", compress_level=1), fsync=False)
 
 
-def _write_sitk(path: Path, labels: np.ndarray, spacing=None, origin=None, direction=None) -> None:
+def _write_sitk(run: PredictRun, rel: str, labels: np.ndarray, spacing=None, origin=None, direction=None) -> None:
+    """A label volume as .mhd (+ .zraw) or .nii.gz, written in a temporary folder and moved in
+    data file first, header last, so a header under the final name always has its data."""
     import SimpleITK as sitk
 
     img = sitk.GetImageFromArray(labels)
@@ -538,10 +554,24 @@ def _write_sitk(path: Path, labels: np.ndarray, spacing=None, origin=None, direc
         img.SetOrigin(origin)
     if direction is not None:
         img.SetDirection(direction)
+    final = run.folder.file(rel)
+    names = [final.name]
+    if final.suffix == ".mhd":
+        names.insert(0, final.with_suffix(".zraw").name)
+        run.folder.file(str(Path(rel).with_suffix(".zraw")))
+    tmp = Path(tempfile.mkdtemp(prefix=TMP_PREFIX, dir=final.parent))
     try:
-        sitk.WriteImage(img, str(path), True)  # zlib: label volumes shrink ~50x, cheaply
+        sitk.WriteImage(img, str(tmp / final.name), True)  # zlib: label volumes shrink ~50x, cheaply
+        for name in names:
+            os.replace(tmp / name, final.parent / name)
     except RuntimeError as exc:
-        raise DataError(path, f"cannot write ({str(exc).strip().splitlines()[-1]})") from None
+        if shutil.disk_usage(final.parent).free < labels.nbytes:
+            raise DataError(final, "cannot write: no space left on device") from None
+        raise DataError(final, f"cannot write ({str(exc).strip().splitlines()[-1]})") from None
+    except OSError as exc:
+        raise write_error(exc, final) from None
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 _EXT = {"mhd": ".mhd", "nii": ".nii.gz", "png": ".png"}
@@ -564,15 +594,14 @@ def _do_images(run: PredictRun, predictor: Predictor, jobs: list[_Job], root: Pa
             sp = b.spacing or (spacings.get(b.volume) or {}).get("spacing")
             with run.timed("masks"):
                 if run.fmt_images == "png":
-                    _write_png(run.out / "masks" / f"{name}.png", lab)
+                    _save_png(run, f"masks/{name}.png", lab)
                 else:
-                    _write_sitk(run.out / "masks" / f"{name}{_EXT[run.fmt_images]}", lab,
+                    _write_sitk(run, f"masks/{name}{_EXT[run.fmt_images]}", lab,
                                 spacing=(sp.col, sp.row) if sp else None)
             fluid = int(cnt[1:].sum())
             caption = f"fluid {fluid * sp.row * sp.col:.4f} mm^2" if sp else f"fluid {fluid} px"
             with run.timed("overlays"):
-                _save(run.out / "overlays" / f"{name}.png",
-                      overlay_image(b.image, lab, run.classes, caption=caption))
+                _save_png(run, f"overlays/{name}.png", overlay_image(b.image, lab, run.classes, caption=caption))
             _bscan_rows(run, b.volume, [name], [b.slice_index], cnt[None], sp, [b.source])
             _add_volume(run, b.volume, cnt[None], sp, str(Path(b.source).parent), 1)
             run.n_bscans += 1
@@ -586,6 +615,12 @@ def _do_images(run: PredictRun, predictor: Predictor, jobs: list[_Job], root: Pa
                 b = next(iter(vs.load()))
         except DataError as exc:
             run.failures.append((str(job.path), exc.problem))
+            bar.update(1)
+            continue
+        except (MemoryError, KeyboardInterrupt):
+            raise
+        except Exception as exc:  # noqa: BLE001 - one unreadable file must not stop the others
+            run.failures.append((str(job.path), f"cannot read ({type(exc).__name__}: {exc})"))
             bar.update(1)
             continue
         if pending and (pending[0].image.shape != b.image.shape or len(pending) >= predictor.batch):
@@ -617,15 +652,12 @@ def _do_volume(run: PredictRun, predictor: Predictor, job: _Job, bar) -> None:
         labels = predictor.predict_u8(images, progress=bar.update)
         counts = _class_pixels(labels, len(run.classes))
     sp = vs.spacing
-    masks = run.out / "masks"
     with run.timed("masks"):
         if run.fmt_volumes == "png":
-            d = masks / name
-            d.mkdir(exist_ok=True)
             for k in range(S):
-                _write_png(d / f"{name}_{k:03d}.png", labels[k])
+                _save_png(run, f"masks/{name}/{name}_{k:03d}.png", labels[k])
         else:
-            _write_sitk(masks / f"{name}{_EXT[run.fmt_volumes]}", labels, head.GetSpacing(), head.GetOrigin(),
+            _write_sitk(run, f"masks/{name}{_EXT[run.fmt_volumes]}", labels, head.GetSpacing(), head.GetOrigin(),
                         head.GetDirection())
     fluid = counts[:, 1:].sum(axis=1)
     px_area = sp.row * sp.col if sp else None
@@ -634,7 +666,7 @@ def _do_volume(run: PredictRun, predictor: Predictor, job: _Job, bar) -> None:
     vox = _voxel_mm3(sp)
     total = f"{fluid.sum() * vox:.3f} mm^3 fluid" if vox else f"{int(fluid.sum())} fluid voxels"
     with run.timed("overlays"):
-        _save(run.out / "overlays" / f"{name}.png", montage(tiles, run.classes, title=f"{name}: {total}"))
+        _save_png(run, f"overlays/{name}.png", montage(tiles, run.classes, title=f"{name}: {total}"))
     ids = [f"{name}_{k:03d}" for k in range(S)]
     _bscan_rows(run, name, ids, range(S), counts, sp, [f"{job.path}#{k}" for k in range(S)])
     _add_volume(run, name, counts, sp, str(job.path), S)
@@ -669,24 +701,36 @@ def _summary(run: PredictRun, predictor: Predictor) -> str:
     return "\n".join(lines)
 
 
+def _claim(out: Path, src: Path, overwrite: bool) -> OutputFolder:
+    """OUT as octseg predict's folder: never the input, never over a user's files, one run at a time."""
+    return OutputFolder(out, "predict", overwrite=overwrite, protect=[src])
+
+
 def predict_path(predictor: Predictor, input, out, fmt: Optional[str] = None, progress: bool = True,
-                 jobs: Optional[list] = None) -> PredictRun:
+                 jobs: Optional[list] = None, overwrite: bool = False,
+                 folder: Optional[OutputFolder] = None) -> PredictRun:
     """Predict every image/volume under ``input`` into ``out`` (see the module docstring).
 
-    Failures of single files in a folder are collected in the result; a bad sole input, or an
-    output that cannot be written, raises :class:`octseg.errors.DataError`.
+    ``out`` must be new, empty, or hold only an earlier ``octseg predict``'s output, which is
+    replaced only with ``overwrite`` (so masks and ``fluid.csv`` always come from one run); a
+    folder with files octseg did not write is refused unless ``overwrite``. Failures of single
+    files in a folder are collected in the result; a bad sole input, or an output that cannot be
+    written, raises :class:`octseg.errors.DataError`.
     """
-    from tqdm import tqdm
-
-    t0 = time.perf_counter()
     out, src = Path(out), Path(input)
+    if fmt not in (None, "png", "mhd", "nii"):
+        raise ConfigError(f"mask format must be png, mhd or nii, not {fmt!r}")
     notes: list[str] = []
     if jobs is None:
         jobs, notes = _plan(src)
-    _prepare_out(out)
-    if fmt not in (None, "png", "mhd", "nii"):
-        raise ConfigError(f"mask format must be png, mhd or nii, not {fmt!r}")
-    run = PredictRun(out=out, classes=predictor.classes, fmt_images=fmt or "png", fmt_volumes=fmt or "mhd")
+    if folder is None:
+        with _claim(out, src, overwrite) as folder:
+            return predict_path(predictor, src, out, fmt, progress, jobs, folder=folder)
+    from tqdm import tqdm
+
+    t0 = time.perf_counter()
+    run = PredictRun(out=out, classes=predictor.classes, fmt_images=fmt or "png", fmt_volumes=fmt or "mhd",
+                     folder=folder)
     for n in notes:
         print(f"note: {n}", file=sys.stderr)
     single = len(jobs) == 1
@@ -728,15 +772,15 @@ def predict_command(a) -> int:
     t0 = time.perf_counter()
     out, src = Path(a.out), Path(a.input)
     jobs, notes = _plan(src)  # a bad INPUT or OUT fails before the model loads
-    _prepare_out(out)
-    predictor = Predictor.from_checkpoint(a.checkpoint, device=a.device, weights=a.weights,
-                                          tta=getattr(a, "tta", "none") == "flip", backend=a.backend,
-                                          batch=a.batch)
-    predictor.min_sizes = parse_min_sizes(a.min_size, predictor.classes)
-    for n in notes:
-        print(f"note: {n}", file=sys.stderr)
-    load_s = time.perf_counter() - t0
-    run = predict_path(predictor, src, out, fmt=a.format, jobs=jobs)
+    with _claim(out, src, a.overwrite) as folder:
+        predictor = Predictor.from_checkpoint(a.checkpoint, device=a.device, weights=a.weights,
+                                              tta=getattr(a, "tta", "none") == "flip", backend=a.backend,
+                                              batch=a.batch)
+        predictor.min_sizes = parse_min_sizes(a.min_size, predictor.classes)
+        for n in notes:
+            print(f"note: {n}", file=sys.stderr)
+        load_s = time.perf_counter() - t0
+        run = predict_path(predictor, src, out, fmt=a.format, jobs=jobs, folder=folder)
     print(_summary(run, predictor))
     print(f"(model loaded in {load_s:.1f} s)")
     if run.n_bscans == 0:

@@ -31,6 +31,7 @@ from octseg.data.prepared import (
 from octseg.data.readers import scan_source
 from octseg.data.types import UNLABELLED, DatasetSource
 from octseg.errors import ConfigError, DataError
+from octseg.io.outputs import write_error
 
 
 def resize_image(img: np.ndarray, size: tuple[int, int]) -> np.ndarray:
@@ -96,12 +97,23 @@ def _native_size(ds: DatasetSource) -> tuple[int, int]:
                              f"pass --size H W to resize them all to one size")
 
 
+#: What a prepared dataset folder holds; re-preparing replaces it whole, so anything else stops it.
+PREPARED_ENTRIES = frozenset({"images.npy", "masks.npy", "slices.csv", "dataset.json", "splits"})
+
+
 def _check_out(out: Path, src: Path) -> None:
     if out.exists():
         if not out.is_dir():
             raise DataError(out, "exists and is not a folder")
         if not is_prepared(out) and any(out.iterdir()):
             raise DataError(out, "exists and is not a prepared dataset; not overwriting it")
+        foreign = sorted(e.name for e in out.iterdir() if e.name not in PREPARED_ENTRIES)
+        foreign += sorted(f"splits/{e.name}" for e in (out / "splits").glob("*")
+                          if (out / "splits").is_dir() and not e.name.endswith(".json"))
+        if foreign:
+            raise DataError(out, f"is a prepared dataset that also holds files octseg did not write "
+                                 f"({', '.join(foreign[:5])}); re-preparing replaces the folder whole, so move "
+                                 f"them out first or prepare into another folder")
     s, o = src.resolve(), out.resolve()
     if s == o:
         raise DataError(out, "output folder is the source folder")
@@ -178,7 +190,7 @@ def write_prepared(ds: DatasetSource, out, size=None, progress: bool = True,
             shutil.rmtree(tmp)
         tmp.mkdir()
     except OSError as exc:
-        raise DataError(exc.filename or out, f"cannot write ({exc.strerror or exc})") from None
+        raise write_error(exc, out) from None
     try:
         images = np.lib.format.open_memmap(tmp / "images.npy", mode="w+", dtype=np.uint8, shape=(N, H, W))
         masks = np.lib.format.open_memmap(tmp / "masks.npy", mode="w+", dtype=np.uint8, shape=(N, H, W))
@@ -236,7 +248,7 @@ def write_prepared(ds: DatasetSource, out, size=None, progress: bool = True,
     except BaseException as exc:
         shutil.rmtree(tmp, ignore_errors=True)
         if isinstance(exc, OSError) and not isinstance(exc, DataError):
-            raise DataError(exc.filename or out, f"cannot write ({exc.strerror or exc})") from exc
+            raise write_error(exc, out) from None
         raise
     return PreparedDataset(out)
 

@@ -15,12 +15,15 @@ from file headers; pixels are read only by ``VolumeSource.load()``, one volume a
 from __future__ import annotations
 
 import csv
+import errno
+import io
 import json
 import os
 import re
+import stat
 import warnings
 from pathlib import Path
-from typing import Iterator, Optional, Sequence
+from typing import BinaryIO, Iterator, Optional, Sequence
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -48,7 +51,124 @@ def _warn(msgs: list[str], msg: str) -> None:
     warnings.warn(msg, UserWarning, stacklevel=3)
 
 
-def to_uint8(arr: np.ndarray) -> np.ndarray:
+# ---------------------------------------------------------------------------------------------
+# Input safety: what a path is before anything opens it, and image decoding limits
+
+#: Environment variable that sets the decompression-bomb guard (largest image, in pixels).
+MAX_PIXELS_ENV = "OCTSEG_MAX_IMAGE_PIXELS"
+
+
+def _pixel_limit_from_env() -> tuple[Optional[int], Optional[str]]:
+    """(limit, problem): ``OCTSEG_MAX_IMAGE_PIXELS`` as a pixel count (``0``/``none`` = no limit);
+    unset keeps PIL's default. A bad value is reported when an image is first read."""
+    raw = os.environ.get(MAX_PIXELS_ENV, "").strip()
+    if not raw:
+        return Image.MAX_IMAGE_PIXELS, None
+    if raw.lower() in ("0", "none", "off", "unlimited"):
+        return None, None
+    try:
+        n = int(raw.replace("_", ""))
+    except ValueError:
+        n = -1
+    if n < 0:
+        return Image.MAX_IMAGE_PIXELS, (f"{MAX_PIXELS_ENV}={raw!r} is not a pixel count "
+                                        f"(use a positive integer, or 0 for no limit)")
+    return n, None
+
+
+# Read once, here: PIL's guard then applies to every image octseg opens (readers, predict, overlays).
+_PIXEL_LIMIT, _PIXEL_LIMIT_PROBLEM = _pixel_limit_from_env()
+Image.MAX_IMAGE_PIXELS = _PIXEL_LIMIT
+
+_MODE_KINDS = ((stat.S_ISFIFO, "FIFO"), (stat.S_ISSOCK, "socket"), (stat.S_ISCHR, "character device"),
+               (stat.S_ISBLK, "block device"))
+
+
+def entry_kind(path) -> str:
+    """What ``path`` is, symlinks followed, without opening it: ``"file"`` (a regular file),
+    ``"folder"``, ``"missing"``, or a description of anything else (``"FIFO"``, ``"socket"``,
+    ``"broken symlink"``, ``"symlink loop"``, ``"unreadable: ..."``). Never blocks."""
+    try:
+        st = os.stat(path)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            return "symlink loop"
+        if exc.errno in (errno.ENOENT, errno.ENOTDIR):
+            return "broken symlink" if os.path.islink(path) else "missing"
+        return f"unreadable: {exc.strerror or exc}"
+    except ValueError as exc:  # e.g. an embedded NUL byte
+        return f"unreadable: {exc}"
+    return _mode_kind(st.st_mode)
+
+
+def _mode_kind(mode: int) -> str:
+    if stat.S_ISREG(mode):
+        return "file"
+    if stat.S_ISDIR(mode):
+        return "folder"
+    for test, name in _MODE_KINDS:
+        if test(mode):
+            return name
+    return "special file"
+
+
+def _dirent_kind(entry: os.DirEntry) -> str:
+    """:func:`entry_kind` of a directory entry; a plain regular file costs no extra system call."""
+    try:
+        if entry.is_file(follow_symlinks=False):
+            return "file"
+        if entry.is_dir(follow_symlinks=False):
+            return "folder"
+    except OSError:
+        pass
+    return entry_kind(entry.path)
+
+
+def skipped_note(where, skipped: Sequence[str]) -> str:
+    """The warning for entries that are not regular files (``skipped``: "name (kind)" strings)."""
+    n = len(skipped)
+    what = "1 entry that is not a regular file" if n == 1 else f"{n} entries that are not regular files"
+    shown = ", ".join(skipped[:10]) + (" ..." if n > 10 else "")
+    return f"{where}: skipped {what}: {shown}"
+
+
+def _open_regular(path: Path) -> BinaryIO:
+    """Open a regular file for reading: anything else (FIFO, device, socket, broken link, loop)
+    is a DataError before open() is called, and open() itself cannot block (O_NONBLOCK, then
+    re-checked on the descriptor, in case the path was swapped in between)."""
+    kind = entry_kind(path)
+    if kind != "file":
+        raise DataError(path, "no such file" if kind == "missing" else f"not a regular file ({kind})")
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
+    except OSError as exc:
+        raise DataError(path, f"cannot open ({exc.strerror or exc})") from None
+    try:
+        kind = _mode_kind(os.fstat(fd).st_mode)
+        if kind != "file":
+            raise DataError(path, f"not a regular file ({kind})")
+        if hasattr(os, "set_blocking"):
+            os.set_blocking(fd, True)
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def _nonfinite_problem(a: np.ndarray) -> Optional[str]:
+    """"N NaN/inf pixel values (...)" when a float array has any, else None."""
+    if a.dtype.kind not in "fc":
+        return None
+    finite = np.isfinite(a)
+    if finite.all():
+        return None
+    n_nan = int(np.isnan(a).sum())
+    n_inf = int(a.size - finite.sum()) - n_nan
+    return (f"{n_nan + n_inf} NaN/inf pixel values ({n_nan} NaN, {n_inf} inf) of {a.size}; "
+            f"octseg does not guess intensities: replace them with finite values")
+
+
+def to_uint8(arr: np.ndarray, source=None) -> np.ndarray:
     """Convert intensities to uint8.
 
     uint8 is kept. Integer data already within 0..255 is kept as is (8-bit data in a
@@ -56,15 +176,18 @@ def to_uint8(arr: np.ndarray) -> np.ndarray:
     0..255: raw 16-bit OCT (Spectralis) has a few very bright specular pixels, and a
     plain max-scaling would leave the retina nearly black. Callers pass a whole volume
     so that all its B-scans share one scaling.
+
+    NaN or infinite values raise :class:`DataError` naming ``source`` (the file the array
+    came from; "input array" when not given) and how many there are.
     """
     if arr.dtype == np.uint8:
         return arr
     a = np.asarray(arr)
     if a.dtype == bool:
         return a.astype(np.uint8) * 255
-    finite = np.isfinite(a) if a.dtype.kind == "f" else None
-    if finite is not None and not finite.all():
-        a = np.where(finite, a, 0)
+    problem = _nonfinite_problem(a)
+    if problem:
+        raise DataError(source if source is not None else "input array", problem)
     lo, hi = a.min(), a.max()
     if a.dtype.kind in "iu" and lo >= 0 and hi <= 255:
         return a.astype(np.uint8)
@@ -89,7 +212,7 @@ def _mhd_header(path: Path) -> dict:
     """Parse a MetaImage header (key = value lines) without SimpleITK, for the .raw checks."""
     head = {}
     try:
-        with open(path, "rb") as fh:
+        with _open_regular(path) as fh:
             for raw in fh.read(8192).splitlines():
                 line = raw.decode("latin-1").strip()
                 if "=" not in line:
@@ -136,8 +259,11 @@ def _mhd_info(path: Path) -> tuple[tuple[int, int, int], tuple[float, float, flo
     if edf != "LOCAL" and " " not in edf and not edf.upper().startswith("LIST"):
         raw = (path.parent / edf) if not os.path.isabs(edf) else Path(edf)
         data_files.append(raw)
-        if not raw.is_file():
+        kind = entry_kind(raw)
+        if kind == "missing":
             raise DataError(path, f"its data file {raw.name} is missing (expected {raw})")
+        if kind != "file":
+            raise DataError(path, f"its data file {raw} is not a regular file ({kind})")
         nbytes = _MET_BYTES.get(head.get("ElementType", ""), 0) * size[0] * size[1] * size[2]
         nbytes *= int(head.get("ElementNumberOfChannels", "1") or 1)
         have = raw.stat().st_size
@@ -168,15 +294,39 @@ class _Volume:
         self.array = arr[None] if arr.ndim == 2 else arr
 
 
-def find_oct_files(root: Path) -> list[Path]:
-    """Every ``oct.mhd`` under ``root`` (a few folder levels deep), sorted."""
+def find_oct_files(root: Path, skipped: Optional[list[str]] = None) -> list[Path]:
+    """Every ``oct.mhd`` under ``root`` (a few folder levels deep), sorted.
+
+    Symlinked folders are followed, each real folder once (a link back up the tree is no loop);
+    an ``oct.mhd`` that is not a regular file and a folder that cannot be listed are appended
+    to ``skipped`` as "path (what it is)" instead."""
     found = []
+    seen: set[tuple[int, int]] = set()
     root_depth = len(root.parts)
-    for dirpath, dirnames, filenames in os.walk(root):
+
+    def unreadable(exc: OSError) -> None:
+        if skipped is not None:
+            skipped.append(f"{exc.filename} (unreadable: {exc.strerror or exc})")
+
+    for dirpath, dirnames, filenames in os.walk(root, onerror=unreadable, followlinks=True):
+        try:
+            st = os.stat(dirpath)
+        except OSError:
+            dirnames[:] = []
+            continue
+        if (st.st_dev, st.st_ino) in seen:  # reached again through a symlink
+            dirnames[:] = []
+            continue
+        seen.add((st.st_dev, st.st_ino))
         depth = len(Path(dirpath).parts) - root_depth
         dirnames[:] = sorted(d for d in dirnames if not d.startswith(".")) if depth < _MAX_DEPTH - 1 else []
         if "oct.mhd" in filenames:
-            found.append(Path(dirpath) / "oct.mhd")
+            p = Path(dirpath) / "oct.mhd"
+            kind = entry_kind(p)
+            if kind == "file":
+                found.append(p)
+            elif skipped is not None:
+                skipped.append(f"{p} ({kind})")
     return sorted(found)
 
 
@@ -193,7 +343,10 @@ def _retouch_volume(oct_path: Path, volume: str, vendor: Optional[str], meta: di
                     n_classes: int) -> VolumeSource:
     size, sp, data_files = _mhd_info(oct_path)
     ref_path = oct_path.with_name("reference.mhd") if oct_path.name == "oct.mhd" else None
-    labelled = ref_path is not None and ref_path.is_file()
+    ref_kind = entry_kind(ref_path) if ref_path is not None else "missing"
+    if ref_kind not in ("file", "missing"):
+        raise DataError(ref_path, f"not a regular file ({ref_kind}); remove it to read {oct_path} as unlabelled")
+    labelled = ref_kind == "file"
     paths = [oct_path, *data_files]
     if labelled:
         rsize, _, rfiles = _mhd_info(ref_path)
@@ -207,7 +360,7 @@ def _retouch_volume(oct_path: Path, volume: str, vendor: Optional[str], meta: di
 
     def load() -> Iterator[BScan]:
         oct_vol = _Volume(oct_path)
-        img = to_uint8(oct_vol.array)
+        img = to_uint8(oct_vol.array, source=oct_path)
         ref = None
         if labelled:
             ref_vol = _Volume(ref_path)
@@ -244,12 +397,15 @@ def _fmt_values(vals) -> str:
 
 def _scan_retouch(path: Path, classes) -> DatasetSource:
     msgs: list[str] = []
-    if path.is_file():
+    if entry_kind(path) == "file":
         if path.suffix.lower() != ".mhd":
             raise DataError(path, "not an .mhd volume")
         oct_files, root = [path], path.parent
     else:
-        oct_files, root = find_oct_files(path), path
+        skipped: list[str] = []
+        oct_files, root = find_oct_files(path, skipped), path
+        if skipped:
+            _warn(msgs, skipped_note(path, skipped))
         if not oct_files:
             raise DataError(path, "no oct.mhd volumes found (expected RETOUCH-*Set-<Vendor>/<CASE>/oct.mhd)")
     meta = _read_volumes_csv(root, msgs)
@@ -276,11 +432,11 @@ def _scan_retouch(path: Path, classes) -> DatasetSource:
 def _read_volumes_csv(root: Path, msgs: list[str]) -> dict[str, dict]:
     """Optional ``volumes.csv`` (volume,vendor,spacing_row,spacing_col,spacing_slice)."""
     p = root / "volumes.csv"
-    if not p.is_file():
-        return {}
+    if entry_kind(p) == "missing":
+        return {}  # anything else that is not a regular file: a DataError from _open_regular
     out = {}
     try:
-        with open(p, newline="") as fh:
+        with io.TextIOWrapper(_open_regular(p), newline="") as fh:
             for row in csv.DictReader(fh):
                 if not row.get("volume"):
                     continue
@@ -298,17 +454,34 @@ def _read_volumes_csv(root: Path, msgs: list[str]) -> dict[str, dict]:
     return out
 
 
+def _not_folder(kind: str) -> str:
+    return "does not exist" if kind == "missing" else "is a file, not a folder" if kind == "file" \
+        else f"is not a folder ({kind})"
+
+
 def _list_images(folder: Path, msgs: list[str], what: str) -> list[Path]:
-    if not folder.is_dir():
-        raise DataError(folder, f"{what} folder does not exist")
-    images, stray = [], []
-    for entry in sorted(os.scandir(folder), key=lambda e: e.name):
-        if entry.is_dir():
+    """Image files in ``folder``: regular files only (symlinks followed); anything else (FIFO,
+    socket, device, broken symlink, symlink loop, unreadable entry) is skipped with a warning."""
+    kind = entry_kind(folder)
+    if kind != "folder":
+        raise DataError(folder, f"{what} folder {_not_folder(kind)}")
+    try:
+        entries = sorted(os.scandir(folder), key=lambda e: e.name)
+    except OSError as exc:
+        raise DataError(folder, f"cannot list the {what} folder ({exc.strerror or exc})") from None
+    images, stray, odd = [], [], []
+    for entry in entries:
+        kind = _dirent_kind(entry)
+        if kind == "folder":
             continue
-        if os.path.splitext(entry.name)[1].lower() in IMAGE_EXTENSIONS:
+        if kind != "file":
+            odd.append(f"{entry.name} ({kind})")
+        elif os.path.splitext(entry.name)[1].lower() in IMAGE_EXTENSIONS:
             images.append(Path(entry.path))
         else:
             stray.append(entry.name)
+    if odd:
+        _warn(msgs, skipped_note(folder, odd))
     if stray:
         _warn(msgs, f"{folder}: skipped {len(stray)} non-image file(s) among the {what}: "
                     f"{', '.join(stray[:10])}{' ...' if len(stray) > 10 else ''}")
@@ -319,24 +492,83 @@ def _list_images(folder: Path, msgs: list[str], what: str) -> list[Path]:
     return images
 
 
-def _header_size(path: Path) -> tuple[int, int]:
-    """(H, W) from the image header; PIL's open is lazy and does not decode pixels."""
+def _bomb_problem(exc: Exception) -> str:
+    """The message for an image over the decompression-bomb limit, with its size when known."""
+    size, tb = None, exc.__traceback__
+    while tb is not None:  # PIL's check has the (W, H) it refused as a local
+        if tb.tb_frame.f_code.co_name == "_decompression_bomb_check":
+            size = tb.tb_frame.f_locals.get("size")
+        tb = tb.tb_next
+    if isinstance(size, tuple) and len(size) == 2:
+        what = f"{size[0]} x {size[1]} pixels"
+    else:
+        m = re.search(r"\((\d+) pixels\)", str(exc))
+        what = f"{m.group(1)} pixels" if m else "too many pixels"
+    return (f"image of {what} is larger than the limit of {Image.MAX_IMAGE_PIXELS} pixels "
+            f"(a decompression-bomb guard); set {MAX_PIXELS_ENV} to allow it")
+
+
+class _Reading:
+    """Context for PIL calls on ``path``: every failure becomes a DataError naming the file, and
+    an image over the pixel limit is an error (PIL only warns up to twice the limit)."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self._warnings = warnings.catch_warnings()
+
+    def __enter__(self):
+        self._warnings.__enter__()
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        return self
+
+    def __exit__(self, etype, exc, tb):
+        self._warnings.__exit__(etype, exc, tb)
+        if exc is None or isinstance(exc, (DataError, ConfigError)) or not isinstance(exc, Exception):
+            return False
+        path = self.path
+        if isinstance(exc, (Image.DecompressionBombError, Image.DecompressionBombWarning)):
+            raise DataError(path, _bomb_problem(exc)) from None
+        if isinstance(exc, UnidentifiedImageError):
+            raise DataError(path, "cannot read image (not a recognised image format)") from None
+        if isinstance(exc, (OSError, SyntaxError, ValueError, EOFError)):
+            raise DataError(path, f"cannot read image ({exc})") from None
+        # zlib and codec errors surface as various types
+        raise DataError(path, f"cannot read image ({type(exc).__name__}: {exc})") from None
+
+
+def _open_image(path: Path) -> tuple[Image.Image, BinaryIO]:
+    """(image with only its header read, its open file): a regular file (checked before it is
+    opened), one frame, within the pixel limit. The caller closes the file."""
+    if _PIXEL_LIMIT_PROBLEM:
+        raise ConfigError(_PIXEL_LIMIT_PROBLEM)
+    fh = _open_regular(path)
     try:
-        with Image.open(path) as im:
-            w, h = im.size
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
-        raise DataError(path, f"cannot read image ({exc})") from None
+        with _Reading(path):
+            im = Image.open(fh)
+            n_frames = int(getattr(im, "n_frames", 1) or 1)
+        if n_frames > 1:
+            raise DataError(path, f"has {n_frames} frames (pages); octseg reads one B-scan per image file and "
+                                  f"would silently use the first: save the pages as separate B-scans "
+                                  f"(<volume>_<slice>.png) or as an .mhd volume")
+    except BaseException:
+        fh.close()
+        raise
+    return im, fh
+
+
+def _header_size(path: Path) -> tuple[int, int]:
+    """(H, W) from the image header; PIL's open is lazy and does not decode pixels. Also checks
+    what would otherwise fail late: not a regular file, several frames, over the pixel limit."""
+    im, fh = _open_image(path)
+    with fh:
+        w, h = im.size
     return h, w
 
 
 def _decode(path: Path) -> Image.Image:
-    try:
-        im = Image.open(path)
+    im, fh = _open_image(path)
+    with fh, _Reading(path):
         im.load()
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError) as exc:
-        raise DataError(path, f"cannot read image ({exc})") from None
-    except Exception as exc:  # zlib and codec errors surface as various types
-        raise DataError(path, f"cannot read image ({type(exc).__name__}: {exc})") from None
     return im
 
 
@@ -347,7 +579,7 @@ def read_image(path) -> np.ndarray:
     if im.mode in ("L",):
         return np.asarray(im, dtype=np.uint8)
     if im.mode in ("I", "I;16", "I;16B", "I;16L", "I;16N", "F"):
-        return to_uint8(np.asarray(im))
+        return to_uint8(np.asarray(im), source=path)
     if im.mode == "P" and "transparency" in im.info:
         im = im.convert("RGBA")
     return np.asarray(im.convert("L"), dtype=np.uint8)
@@ -370,58 +602,159 @@ def _mask_array(path: Path) -> np.ndarray:
     return a
 
 
-def _map_mask(a: np.ndarray, n_classes: int, path: Path) -> np.ndarray:
-    """Labels 0..K-1 as they are; 0/85/170/255 (K=4) or 0/255 (K=2) spread over 0..255 mapped to 0..K-1."""
+# Mask encodings: labels 0..K-1 ("index"), or 0..255 spread evenly ("spread": 0/85/170/255 for
+# K=4, 0/255 for K=2). One dataset uses one: a 0/255 mask among 0..3 masks must not become PED.
+_INDEX, _SPREAD = "index", "spread"
+
+
+def _spread_step(n_classes: int) -> int:
+    """Value step of the spread encoding for K classes; 0 when there is none (or it equals index)."""
+    if n_classes < 2 or 255 % (n_classes - 1):
+        return 0
+    step = 255 // (n_classes - 1)
+    return step if step > 1 else 0
+
+
+def _fits(vals: np.ndarray, n_classes: int) -> set[str]:
+    """The encodings that mask values (np.unique) fit; both for an all-0 (or empty) mask."""
+    if vals.size == 0:
+        return {_INDEX, _SPREAD}
+    if not np.all(vals == np.round(vals)):  # also NaN
+        return set()
+    fits = set()
+    if vals.min() >= 0 and vals.max() < n_classes:
+        fits.add(_INDEX)
+    step = _spread_step(n_classes)
+    if step and np.all(np.isin(vals, np.arange(n_classes) * step)):
+        fits.add(_SPREAD)
+    return fits
+
+
+def _encoding_name(kind: str, n_classes: int) -> str:
+    if kind == _INDEX:
+        return f"0..{n_classes - 1} labels"
+    step = _spread_step(n_classes)
+    return "/".join(str(i * step) for i in range(n_classes)) + " encoding"
+
+
+def _encoding_uses(kind: str, n_classes: int) -> str:
+    return ("uses " if kind == _INDEX else "uses the ") + _encoding_name(kind, n_classes)
+
+
+def _show(path: Path, root: Optional[Path]) -> str:
+    if root is not None:
+        try:
+            return Path(path).relative_to(root).as_posix()
+        except ValueError:
+            pass
+    return str(path)
+
+
+def _map_mask(a: np.ndarray, n_classes: int, path: Path, encoding: Optional[str] = None) -> np.ndarray:
+    """Mask values -> labels 0..K-1 with the dataset's ``encoding``: index labels kept as they are,
+    spread values (0/85/170/255 for K=4, 0/255 for K=2) divided by their step. ``encoding=None``
+    (not decided yet): index when the values fit it, else spread."""
     vals = np.unique(a)
-    if vals.size and vals.min() >= 0 and vals.max() < n_classes and np.all(vals == np.round(vals)):
+    fits = _fits(vals, n_classes)
+    if encoding is None:
+        encoding = _INDEX if _INDEX in fits else _SPREAD if _SPREAD in fits else None
+    if encoding in fits and encoding == _INDEX:
         return a.astype(np.uint8, copy=False)
-    step = 255 // (n_classes - 1) if n_classes > 1 else 0
-    if step and 255 % (n_classes - 1) == 0 and np.all(np.isin(vals, np.arange(n_classes) * step)):
-        return (a // step).astype(np.uint8)
-    expected = f"0..{n_classes - 1}"
-    if step and 255 % (n_classes - 1) == 0:
-        expected += f" or {'/'.join(str(i * step) for i in range(n_classes))}"
+    if encoding in fits and encoding == _SPREAD:
+        return (a // _spread_step(n_classes)).astype(np.uint8)
+    expected = (_encoding_name(encoding, n_classes) if encoding is not None else
+                " or ".join(_encoding_name(k, n_classes) for k in (_INDEX, _SPREAD)
+                            if k == _INDEX or _spread_step(n_classes)))
     raise DataError(path, f"mask values {_fmt_values(vals)} found; expected {expected} for classes "
                           f"{list(_classes_for(n_classes))}")
+
+
+class _MaskEncoding:
+    """The one mask encoding of a dataset, shared by all volumes of a DatasetSource: decided by
+    :func:`_infer_classes` (which reads every mask), else by the first mask loaded that is not
+    all 0; a later mask of the other encoding is a DataError naming it and that first mask."""
+
+    def __init__(self, n_classes: int, kind: Optional[str] = None, first: Optional[Path] = None,
+                 root: Optional[Path] = None):
+        self.n_classes, self.kind, self.first, self.root = n_classes, kind, first, root
+
+    def map(self, a: np.ndarray, path: Path) -> np.ndarray:
+        vals = np.unique(a)
+        fits = _fits(vals, self.n_classes)
+        if len(fits) == 1:
+            (kind,) = fits
+            if self.kind is None:
+                self.kind, self.first = kind, path
+            elif kind != self.kind:
+                raise DataError(path, f"mask values {_fmt_values(vals)} ({_encoding_name(kind, self.n_classes)}) "
+                                      f"while {_show(self.first, self.root)} "
+                                      f"{_encoding_uses(self.kind, self.n_classes)}; one dataset must use one "
+                                      f"encoding")
+        return _map_mask(a, self.n_classes, path, self.kind if self.kind in fits else None)
 
 
 def _classes_for(n: int) -> tuple[str, ...]:
     return {2: FLUID_CLASSES, 4: RETOUCH_CLASSES}.get(n, tuple(f"class{i}" for i in range(n)))
 
 
-def _infer_classes(mask_paths: list[Path], msgs: list[str]) -> tuple[str, ...]:
-    """Read every mask once: max label <= 1 (or only 0/255) -> FLUID_CLASSES, else RETOUCH_CLASSES."""
+def _infer_classes(mask_paths: list[Path], msgs: list[str],
+                   root: Optional[Path] = None) -> tuple[tuple[str, ...], _MaskEncoding]:
+    """Read every mask once and decide the dataset's label set and its one mask encoding:
+    labels 0..3 or spread 0/85/170/255 (mixing them is a DataError naming a mask of each);
+    max label <= 1 (or only 0/255) -> FLUID_CLASSES, else RETOUCH_CLASSES."""
     union: set[int] = set()
+    first: dict[str, Path] = {}
+    values: dict[str, np.ndarray] = {}
+    count = {_INDEX: 0, _SPREAD: 0}
     for p in mask_paths:
-        a = _mask_array(p)
-        vals = np.unique(a)
-        if not np.all(vals == np.round(vals)) or vals.min() < 0:
+        vals = np.unique(_mask_array(p))
+        fits = _fits(vals, 4)
+        if not fits:
             raise DataError(p, f"mask values {_fmt_values(vals)} found; expected 0..3 or 0/85/170/255")
-        v = set(int(x) for x in vals)
-        if not (v <= {0, 1, 2, 3} or v <= {0, 85, 170, 255}):
-            raise DataError(p, f"mask values {_fmt_values(vals)} found; expected 0..3 or 0/85/170/255")
-        union |= v
+        if len(fits) == 1:
+            (kind,) = fits
+            first.setdefault(kind, p)
+            values.setdefault(kind, vals)
+            count[kind] += 1
+        union |= set(int(x) for x in vals)
+    if len(first) == 2:  # name the first mask of the rarer encoding (on a tie: the later), and one of the other
+        order = list(first)
+        odd = min(order, key=lambda k: (count[k], -order.index(k)))
+        other = _INDEX if odd == _SPREAD else _SPREAD
+        raise DataError(first[odd], f"mask values {_fmt_values(values[odd])} ({_encoding_name(odd, 4)}; "
+                                    f"{count[odd]} such mask(s)) while {_show(first[other], root)} "
+                                    f"{_encoding_uses(other, 4)} ({count[other]} such mask(s)); one dataset "
+                                    f"must use one encoding")
+    kind = next(iter(first), None)
     if union <= {0, 1}:
-        return FLUID_CLASSES
-    if union <= {0, 255}:
+        classes = FLUID_CLASSES
+    elif union <= {0, 255}:
         _warn(msgs, "masks contain only 0 and 255: read as binary fluid masks (255 -> fluid)")
-        return FLUID_CLASSES
-    return RETOUCH_CLASSES
+        classes = FLUID_CLASSES
+    else:
+        classes = RETOUCH_CLASSES
+    return classes, _MaskEncoding(len(classes), kind, first.get(kind), root)
 
 
 def _classes_override(root: Path) -> Optional[tuple[str, ...]]:
     """Class names from ``dataset.json`` ("classes") or ``classes.txt`` (one per line) in the root."""
     j = root / "dataset.json"
-    if j.is_file():
+    if entry_kind(j) != "missing":
         try:
-            meta = json.loads(j.read_text())
+            with _open_regular(j) as fh:
+                meta = json.loads(fh.read())
         except (OSError, ValueError) as exc:
             raise DataError(j, f"invalid JSON ({exc})") from None
         if isinstance(meta, dict) and isinstance(meta.get("classes"), list) and meta.get("format") is None:
             return tuple(str(c) for c in meta["classes"])
     t = root / "classes.txt"
-    if t.is_file():
-        names = tuple(ln.strip() for ln in t.read_text().splitlines() if ln.strip())
+    if entry_kind(t) != "missing":
+        try:
+            with _open_regular(t) as fh:
+                text = fh.read().decode()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise DataError(t, f"cannot read ({exc})") from None
+        names = tuple(ln.strip() for ln in text.splitlines() if ln.strip())
         if len(names) >= 2:
             return names
         raise DataError(t, "needs at least two class names, one per line")
@@ -436,12 +769,15 @@ def _resolve_folders(path: Optional[Path], images, masks) -> tuple[Path, Path, O
         return root, images, Path(masks) if masks is not None else None, False
     if masks is not None:
         raise ConfigError("--masks needs --images")
-    if path.is_file():
+    if entry_kind(path) == "file":
         return path.parent, path, None, True
     for im_name, mk_name in FOLDER_PAIRS:
         if (path / im_name).is_dir():
             mk = path / mk_name
-            return path, path / im_name, mk if mk.is_dir() else None, False
+            kind = entry_kind(mk)
+            if kind not in ("folder", "missing"):  # not silently unlabelled
+                raise DataError(mk, f"{_not_folder(kind)}; expected the masks of {path / im_name}")
+            return path, path / im_name, mk if kind == "folder" else None, False
     return path, path, None, False
 
 
@@ -496,10 +832,14 @@ def _scan_folders(path: Optional[Path], images, masks, pair_by_order: bool, volu
     if classes is None:
         classes = _classes_override(root)
     labelled_masks = [m for m in pairs.values() if m is not None]
+    encoding = None
     if classes is None:
-        classes = _infer_classes(labelled_masks, msgs) if labelled_masks else RETOUCH_CLASSES
+        classes, encoding = _infer_classes(labelled_masks, msgs, root) if labelled_masks \
+            else (RETOUCH_CLASSES, None)
     classes = tuple(classes)
     n_classes = len(classes)
+    if encoding is None:  # classes given: the first mask loaded that is not all 0 decides
+        encoding = _MaskEncoding(n_classes, root=root)
 
     # Image/mask sizes from headers (no pixel decoding), so mismatches fail before any writing.
     sizes: dict[Path, tuple[int, int]] = {}
@@ -543,11 +883,11 @@ def _scan_folders(path: Optional[Path], images, masks, pair_by_order: bool, volu
         for (a, pa), (b, pb) in zip(items, items[1:]):
             if a == b:
                 raise DataError(pb, f"same volume {vol!r} and slice {a} as {pa.name}")
-        vols.append(_folder_volume(vol, items, pairs, sizes, n_classes, meta.get(vol, {})))
+        vols.append(_folder_volume(vol, items, pairs, sizes, encoding, meta.get(vol, {})))
     return DatasetSource(root=str(root), layout="folders", classes=classes, volumes=vols, warnings=msgs)
 
 
-def _folder_volume(vol: str, items: list[tuple[int, Path]], pairs: dict, sizes: dict, n_classes: int,
+def _folder_volume(vol: str, items: list[tuple[int, Path]], pairs: dict, sizes: dict, encoding: _MaskEncoding,
                    meta: dict) -> VolumeSource:
     shapes = {sizes[p] for _, p in items}
     vendor, spacing = meta.get("vendor"), meta.get("spacing")
@@ -558,7 +898,7 @@ def _folder_volume(vol: str, items: list[tuple[int, Path]], pairs: dict, sizes: 
             m = pairs[p]
             mask = None
             if m is not None:
-                mask = _map_mask(_mask_array(m), n_classes, m)
+                mask = encoding.map(_mask_array(m), m)
                 if mask.shape != img.shape:
                     raise DataError(m, f"mask shape {mask.shape} differs from image {p} shape {img.shape}")
             yield BScan(id=p.stem, volume=vol, slice_index=sl, image=img, mask=mask,
@@ -579,8 +919,9 @@ def _folder_volume(vol: str, items: list[tuple[int, Path]], pairs: dict, sizes: 
 
 def detect_layout(path: Path) -> str:
     """``retouch`` when ``path`` is an .mhd file or holds oct.mhd volumes, else ``folders``."""
-    if path.is_file():
-        return "retouch" if path.suffix.lower() == ".mhd" else "folders"
+    kind = entry_kind(path)
+    if kind != "folder":
+        return "retouch" if kind == "file" and path.suffix.lower() == ".mhd" else "folders"
     return "retouch" if find_oct_files(path) else "folders"
 
 
@@ -592,14 +933,25 @@ def scan_source(path, layout: str = "auto", images=None, masks=None, pair_by_ord
     read once to infer the label set (max label <= 1 -> two classes, else RETOUCH's four).
     Warnings (skipped files, unlabelled images, unparsable names) are emitted with
     ``warnings.warn`` and also kept in ``DatasetSource.warnings``.
+
+    Only regular files are read (symlinks followed): listed entries that are anything else
+    (FIFO, socket, device, broken symlink, symlink loop) are skipped with a warning, and such a
+    ``path`` itself is a DataError; nothing is opened before it is checked, so nothing blocks.
+    One dataset's masks use one encoding (labels 0..K-1 or values spread over 0..255); image
+    files with several frames, NaN/inf pixels or more pixels than ``OCTSEG_MAX_IMAGE_PIXELS``
+    (PIL's decompression-bomb limit by default) are DataErrors naming the file.
     """
     if layout not in ("auto", "retouch", "folders"):
         raise ConfigError(f"layout must be auto, retouch or folders, not {layout!r}")
     if classes is not None and len(tuple(classes)) < 2:
         raise ConfigError(f"classes needs at least two names, got {classes!r}")
     p = Path(path) if path is not None else None
-    if p is not None and not p.exists():
-        raise DataError(p, "no such file or folder")
+    if p is not None:
+        kind = entry_kind(p)
+        if kind == "missing":
+            raise DataError(p, "no such file or folder")
+        if kind not in ("file", "folder"):
+            raise DataError(p, f"not a regular file or folder ({kind})")
     if p is None and images is None:
         raise ConfigError("give a data folder or --images")
     if p is not None and p.is_dir() and is_prepared(p):

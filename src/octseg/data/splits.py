@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import math
 import numbers
-import os
 import re
 import warnings
 from collections import defaultdict
@@ -22,6 +21,7 @@ import numpy as np
 from octseg import __version__
 from octseg.data.prepared import PreparedDataset
 from octseg.errors import ConfigError, DataError
+from octseg.io.outputs import atomic_write_text
 
 PARTS = ("labelled", "unlabelled", "val", "test")
 SLICE_SPLIT_WARNING = (
@@ -121,15 +121,7 @@ def make_split(prepared, labeled: Optional[float] = None, labeled_count: Optiona
     }
     out_dir = ds.path / "splits"
     path = out_dir / f"{name}.json"
-    tmp = out_dir / f".{name}.json.tmp-{os.getpid()}"
-    try:
-        out_dir.mkdir(exist_ok=True)
-        tmp.write_text(json.dumps(doc, indent=2, sort_keys=True) + "\n")
-        os.replace(tmp, path)
-    except OSError as exc:
-        tmp.unlink(missing_ok=True)
-        raise DataError(exc.filename or out_dir, f"cannot write the split ({exc.strerror or exc})") from None
-    return path
+    return atomic_write_text(path, json.dumps(doc, indent=2, sort_keys=True) + "\n")
 
 
 def _split_by_volume(ds: PreparedDataset, labeled, labeled_count, val, test, rng):

@@ -652,8 +652,12 @@ def generate_bscans(n: int, size: tuple[int, int], seed: int, vendor: str = "spe
 
 
 # --------------------------------------------------------------------------- writing
-def _write_mhd(path: Path, array: np.ndarray, spacing: Spacing) -> None:
+def _write_mhd(folder, rel: str, array: np.ndarray, spacing: Spacing) -> None:
+    """``rel`` (.mhd) and its .raw, both recorded as octseg's output before they are written."""
     import SimpleITK as sitk
+
+    folder.file(str(Path(rel).with_suffix(".raw")))
+    path = folder.file(rel)
 
     img = sitk.GetImageFromArray(array)  # (S, H, W) -> DimSize W H S
     img.SetSpacing((float(spacing.col), float(spacing.row), float(spacing.slice)))
@@ -671,13 +675,16 @@ def _fluid_slice(vol: SyntheticVolume) -> int:
 def write_synthetic_dataset(out, volumes: int, *, vendors: Sequence[str] = VENDORS, fmt: str = "mhd",
                             slices: Optional[int] = None, scale: float = 1.0, seed: int,
                             fluid_free_fraction: float = 0.2, preview: Optional[Path] = None,
-                            real_reference: Optional[Path] = None, progress: bool = True) -> dict:
+                            real_reference: Optional[Path] = None, progress: bool = True,
+                            overwrite: bool = False) -> dict:
     """Write a synthetic dataset in the RETOUCH layout (``mhd``) or as PNG folders (``png``).
 
     Volume i uses vendor ``vendors[i % len(vendors)]`` and its own generator seeded by
-    (seed, i), so a volume does not depend on how many are written.
+    (seed, i), so a volume does not depend on how many are written. ``out`` must be new, empty
+    or an earlier synth output (replaced whole with ``overwrite``): synthetic volumes never mix
+    with a user's data or with another run's.
     """
-    from tqdm import tqdm
+    from octseg.io.outputs import OutputFolder, check_output_file
 
     keys = [_vendor_key(v) for v in vendors]
     if not keys:
@@ -693,16 +700,25 @@ def write_synthetic_dataset(out, volumes: int, *, vendors: Sequence[str] = VENDO
     if real_reference is not None and not Path(real_reference).is_file():
         raise DataError(real_reference, "real reference image not found")
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    if preview is not None and out.resolve() not in Path(preview).resolve().parents:
+        check_output_file(preview, overwrite)
+    with OutputFolder(out, "synth", overwrite=overwrite) as folder:
+        return _write_synthetic(folder, volumes, keys=keys, fmt=fmt, slices=slices, scale=scale, seed=seed,
+                                fluid_free_fraction=fluid_free_fraction, preview=preview,
+                                real_reference=real_reference, progress=progress)
+
+
+def _write_synthetic(folder, volumes: int, *, keys, fmt, slices, scale, seed, fluid_free_fraction, preview,
+                     real_reference, progress) -> dict:
+    from tqdm import tqdm
+
+    out = folder.path
     # Fluid-free volumes: a golden-ratio sequence hits the fraction closely for any count,
     # and volume i's status does not depend on the count.
     phase = np.random.default_rng([int(seed), 2 ** 32 - 1]).random()
     rows, samples, counts = [], {}, {k: 0 for k in dict.fromkeys(keys)}
     class_vols = {c: 0 for c in RETOUCH_CLASSES[1:]}
     n_bscans = 0
-    if fmt == "png":
-        (out / "images").mkdir(exist_ok=True)
-        (out / "masks").mkdir(exist_ok=True)
     for i in tqdm(range(int(volumes)), disable=not progress, desc="synth", unit="vol"):
         key = keys[i % len(keys)]
         fluid = ((phase + (i + 1) * 0.6180339887498949) % 1.0) >= fluid_free_fraction
@@ -710,17 +726,16 @@ def write_synthetic_dataset(out, volumes: int, *, vendors: Sequence[str] = VENDO
                               scale=scale, with_fluid=bool(fluid))
         name = f"TRAIN{i + 1:03d}"
         if fmt == "mhd":
-            d = out / vendor_folder(key) / name
-            d.mkdir(parents=True, exist_ok=True)
+            d = f"{vendor_folder(key)}/{name}"
             oct_arr = vol.image.astype(np.uint16) * 257 if key == "spectralis" else vol.image
-            _write_mhd(d / "oct.mhd", oct_arr, vol.spacing)
-            _write_mhd(d / "reference.mhd", vol.labels, vol.spacing)
+            _write_mhd(folder, f"{d}/oct.mhd", oct_arr, vol.spacing)
+            _write_mhd(folder, f"{d}/reference.mhd", vol.labels, vol.spacing)
         else:
             from PIL import Image
 
             for s in range(vol.image.shape[0]):
-                Image.fromarray(vol.image[s]).save(out / "images" / f"{name}_{s:03d}.png")
-                Image.fromarray(vol.labels[s]).save(out / "masks" / f"{name}_{s:03d}.png")
+                Image.fromarray(vol.image[s]).save(folder.file(f"images/{name}_{s:03d}.png"))
+                Image.fromarray(vol.labels[s]).save(folder.file(f"masks/{name}_{s:03d}.png"))
         present = np.bincount(vol.labels.ravel(), minlength=4)[1:] > 0
         for c, p in zip(class_vols, present):
             class_vols[c] += int(p)
@@ -732,7 +747,7 @@ def write_synthetic_dataset(out, volumes: int, *, vendors: Sequence[str] = VENDO
             s = _fluid_slice(vol)
             samples[key] = (vol.image[s].copy(), vol.labels[s].copy())
     if fmt == "png":
-        with open(out / "volumes.csv", "w", newline="") as fh:
+        with open(folder.file("volumes.csv"), "w", newline="") as fh:
             w = csv.writer(fh)
             w.writerow(["volume", "vendor", "spacing_row", "spacing_col", "spacing_slice", "has_fluid"])
             w.writerows(rows)
@@ -749,7 +764,9 @@ def write_synthetic_dataset(out, volumes: int, *, vendors: Sequence[str] = VENDO
                                       slices=min(slices or 9, 9), scale=scale)
                 s = _fluid_slice(vol)
                 samples[key] = (vol.image[s], vol.labels[s])
-        render_preview([(k, *samples[k]) for k in dict.fromkeys(keys)], preview, real_reference)
+        inside = out.resolve() in Path(preview).resolve().parents
+        target = folder.file(Path(preview).resolve().relative_to(out.resolve())) if inside else preview
+        render_preview([(k, *samples[k]) for k in dict.fromkeys(keys)], target, real_reference)
         text += f"\npreview -> {preview}"
     return {"text": text, "out": str(out), "format": fmt, "volumes": len(rows), "bscans": n_bscans,
             "fluid_volumes": n_fluid, "fluid_free_volumes": len(rows) - n_fluid,
@@ -793,6 +810,9 @@ def render_preview(samples, path, real_reference=None) -> Path:
     handles = [Patch(color=_OVERLAY[c], label=RETOUCH_CLASSES[c]) for c in (1, 2, 3)]
     fig.legend(handles=handles, loc="lower right", ncol=3, fontsize=9, frameon=False)
     fig.tight_layout(rect=(0, 0.04, 1, 1))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, format="png")
+    from octseg import __version__
+    from octseg.io.outputs import atomic_write
+
+    # the Software mark lets a later run recognise the file as octseg's and replace it
+    atomic_write(path, lambda fh: fig.savefig(fh, format="png", metadata={"Software": f"octseg {__version__}"}))
     return path

@@ -1,0 +1,369 @@
+"""Where octseg writes: atomic files, and output folders that never take over a user's files.
+
+Every folder octseg writes into on a user's behalf (``predict`` OUT, ``synth`` OUT, a training run
+folder, the demo folder) is an :class:`OutputFolder`. It keeps a small record in ``OUT/.octseg/``:
+
+* ``run.json``: which command wrote the folder, when, with which octseg, and whether it finished;
+* ``files.txt``: every path the command wrote, appended *before* the file is written, so even a
+  killed run leaves a complete list of what is octseg's;
+* ``lock``: held with ``flock`` while a command writes, so two runs never mix their outputs.
+
+The rules (README, "What octseg overwrites"):
+
+* a new or empty folder is claimed;
+* a folder holding anything octseg did not write there is a user's folder: refused unless
+  ``overwrite=True`` (``--overwrite``), and even then only the files octseg writes are replaced;
+* a folder written by an earlier octseg run: ``reuse=True`` continues it (``train --resume``, a
+  re-run demo); otherwise it is refused unless ``overwrite=True``, which first deletes the earlier
+  run's files (only those in its ``files.txt``), so the folder never mixes two runs;
+* an output may never be, or contain, one of the command's inputs (``protect``), whatever the flags.
+
+Single output files (``--json``, ``export OUT``, ``--preview``) follow :func:`check_output_file`.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import errno
+import json
+import os
+import sys
+import tempfile
+from pathlib import Path
+from typing import BinaryIO, Callable, Iterable, Optional
+
+from octseg.errors import DataError, OctsegError
+
+RECORD_DIR = ".octseg"
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+#: Prefix of octseg's temporary files: recognised as octseg's, so a killed run never makes a folder foreign.
+TMP_PREFIX = ".octseg-tmp-"
+
+
+# ----------------------------------------------------------------------------- errors and atomic files
+
+
+def write_error(exc: OSError, path, what: str = "cannot write") -> DataError:
+    """A one-line DataError for a failed write of ``path``; a full disk says so in plain words."""
+    if exc.errno == errno.ENOSPC:
+        return DataError(path, f"{what}: no space left on device")
+    if exc.errno == errno.EDQUOT:
+        return DataError(path, f"{what}: disk quota exceeded")
+    if exc.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+        return DataError(path, f"{what}: {exc.strerror or 'permission denied'} (a read-only or protected location)")
+    return DataError(path, f"{what} ({exc.strerror or exc})")
+
+
+def atomic_write(path, write: Callable[[BinaryIO], object], fsync: bool = True) -> Path:
+    """Write through ``write(fh)`` into a temporary file beside ``path``, then rename it over ``path``:
+    a crash or a full disk never leaves a half-written (or 0-byte) file under the final name, and
+    a symlink at ``path`` is replaced, never written through. ``fsync=False`` skips the flush to
+    disk for many small outputs (masks, overlays), where a power cut may lose the newest files
+    but never leaves one half written. Failures raise :class:`DataError` naming ``path``."""
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f"{TMP_PREFIX}{path.name}.", dir=path.parent)
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp's 0600 would make outputs private to this user
+    except OSError as exc:
+        raise write_error(exc, path) from None
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            write(fh)
+            fh.flush()
+            if fsync:
+                os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException as exc:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        if isinstance(exc, OSError) and not isinstance(exc, OctsegError):
+            raise write_error(exc, path) from None
+        raise
+    return path
+
+
+def atomic_write_text(path, text: str, fsync: bool = True) -> Path:
+    data = text.encode("utf-8")
+    return atomic_write(path, lambda fh: fh.write(data), fsync=fsync)
+
+
+# ----------------------------------------------------------------------------- single output files
+
+
+def _is_octseg_file(path: Path) -> bool:
+    """Whether an existing file carries octseg's mark (JSON ``written_by``, PNG ``Software``, ONNX producer)."""
+    suffix = path.suffix.lower()
+    try:
+        if suffix == ".json":
+            doc = json.loads(path.read_text())
+            return isinstance(doc, dict) and str(doc.get("written_by", "")).startswith("octseg")
+        if suffix == ".png":
+            from PIL import Image
+
+            with Image.open(path) as im:
+                return str(im.info.get("Software", "")).startswith("octseg")
+        if suffix == ".onnx":
+            with open(path, "rb") as fh:  # producer_name "octseg" sits in the first bytes of the proto
+                return b"\x12\x06octseg" in fh.read(4096)
+    except Exception:  # noqa: BLE001 - unreadable or not ours: either way not recognisably octseg's
+        return False
+    return False
+
+
+def check_output_file(path, overwrite: bool = False, protect: Iterable = ()) -> Path:
+    """Refuse to replace a file octseg did not write (``overwrite`` allows it), a folder, or an input."""
+    path = Path(path)
+    _check_not_input(path, protect, "output file")
+    if path.is_dir():
+        raise DataError(path, "is a folder; give the file to write")
+    if path.exists() and not overwrite and not _is_octseg_file(path):
+        raise DataError(path, "exists and was not written by octseg; not replacing it "
+                              "(choose another name, or pass --overwrite)")
+    return path
+
+
+def _resolved(p) -> Path:
+    try:
+        return Path(p).resolve()
+    except (OSError, RuntimeError):  # a symlink loop
+        return Path(os.path.abspath(p))
+
+
+def _check_not_input(out: Path, protect: Iterable, what: str) -> None:
+    o = _resolved(out)
+    for p in protect:
+        if not p:
+            continue
+        i = _resolved(p)
+        if o == i:
+            raise DataError(out, f"{what} is the input {p}; octseg never writes over its inputs")
+        if o in i.parents:
+            raise DataError(out, f"{what} contains the input {p}; octseg never writes over its inputs "
+                                 f"(choose a folder outside it)")
+
+
+# ----------------------------------------------------------------------------- output folders
+
+
+def _now() -> str:
+    return _dt.datetime.now().astimezone().isoformat(timespec="seconds")
+
+
+def _is_main_process() -> bool:
+    """False in the extra ranks of a distributed run, which share the folder with rank 0."""
+    return os.environ.get("LOCAL_RANK", "0") == "0" and os.environ.get("NODE_RANK", "0") == "0"
+
+
+class OutputFolder:
+    """One command's claim on an output folder (see the module docstring for the rules).
+
+    ``whole=True`` (training runs, the demo): everything in the folder belongs to the run once it is
+    claimed (Lightning writes there too), so no file list is kept. Otherwise every written file is
+    recorded through :meth:`file` before it is written.
+
+    >>> with OutputFolder(out, "predict", overwrite=args.overwrite, protect=[args.input]) as folder:
+    ...     atomic_write(folder.file("masks/a.png"), ...)
+    """
+
+    def __init__(self, path, command: str, *, overwrite: bool = False, reuse: bool = False, whole: bool = False,
+                 protect: Iterable = (), legacy: Callable[[Path], bool] = lambda p: False):
+        self.path = Path(path)
+        self.command = command
+        self.overwrite, self.reuse, self.whole = bool(overwrite), bool(reuse), bool(whole)
+        self.protect = [p for p in protect if p]
+        self.legacy = legacy  # recognises a folder written by an octseg from before these records
+        self._lock_fh = None
+        self._files_fh = None
+        self._recorded: set[str] = set()
+
+    # -- paths of the record
+    @property
+    def record(self) -> Path:
+        return self.path / RECORD_DIR
+
+    def _run_info(self) -> Optional[dict]:
+        try:
+            doc = json.loads((self.record / "run.json").read_text())
+        except (OSError, ValueError):
+            return None
+        return doc if isinstance(doc, dict) else None
+
+    def _recorded_files(self) -> list[str]:
+        try:
+            return [ln for ln in (self.record / "files.txt").read_text().splitlines() if ln.strip()]
+        except OSError:
+            return []
+
+    # -- claiming
+    def __enter__(self) -> "OutputFolder":
+        _check_not_input(self.path, self.protect, "output folder")
+        if self.path.exists() and not self.path.is_dir():
+            raise DataError(self.path, "exists and is not a folder")
+        if not _is_main_process():
+            return self  # rank 0 holds the claim and the lock
+        if self.path.is_dir():
+            self._check_and_reset(dry=True)  # a refused folder gets nothing, not even the record
+        try:
+            self.record.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise write_error(exc, self.path, "cannot create the output folder") from None
+        self._lock()
+        try:
+            self._check_and_reset()  # again under the lock
+            self._write_run_info("running")
+            if not self.whole:
+                self._files_fh = open(self.record / "files.txt", "a", encoding="utf-8")
+                self._recorded = set(self._recorded_files())
+        except BaseException:
+            self._unlock()
+            raise
+        return self
+
+    def _lock(self) -> None:
+        try:
+            import fcntl
+        except ImportError:  # pragma: no cover - Windows: no advisory locks, the rules still hold
+            return
+        fh = open(self.record / "lock", "a+")
+        try:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            fh.close()
+            info = self._run_info() or {}
+            raise DataError(self.path, f"is being written by another octseg process (pid {info.get('pid', '?')}, "
+                                       f"octseg {info.get('command', '?')} since {info.get('started', '?')}); "
+                                       f"wait for it to finish or choose another folder") from None
+        self._lock_fh = fh
+
+    def _unlock(self) -> None:
+        if self._lock_fh is not None:
+            self._lock_fh.close()  # closing releases the flock
+            self._lock_fh = None
+
+    def _foreign(self, ours: set[str]) -> list[str]:
+        """Files (relative paths) in the folder that octseg did not record as its own."""
+        found = []
+        for dirpath, dirnames, filenames in os.walk(self.path):
+            rel_dir = os.path.relpath(dirpath, self.path)
+            if rel_dir == RECORD_DIR:
+                dirnames[:] = []
+                continue
+            for name in filenames:
+                rel = os.path.normpath(os.path.join(rel_dir, name))
+                if name.startswith(TMP_PREFIX) or rel in ours:
+                    continue
+                found.append(rel)
+            if rel_dir == ".":
+                dirnames[:] = [d for d in dirnames if d != RECORD_DIR]
+        return sorted(found)
+
+    def _check_and_reset(self, dry: bool = False) -> None:
+        """Refuse a user's folder or an earlier run's output (see the rules); with ``overwrite``,
+        remove the earlier run's files unless ``dry``."""
+        info = self._run_info()
+        earlier = info is not None or self.legacy(self.path)
+        if self.whole:
+            if earlier:
+                if info is not None and info.get("command") != self.command:
+                    raise DataError(self.path, f"holds the output of octseg {info.get('command')}, not of "
+                                               f"{self.command}; choose another folder")
+                return  # the run folder is ours; the command decides (e.g. train needs --resume)
+            foreign = self._foreign(set())
+            if foreign and not self.overwrite:
+                raise DataError(self.path, _foreign_message(foreign))
+            return
+        ours = set(self._recorded_files())
+        foreign = self._foreign(ours)
+        if foreign and not self.overwrite:
+            raise DataError(self.path, _foreign_message(foreign))
+        if info is not None and ours and not self.reuse:
+            if not self.overwrite:
+                state = "finished" if info.get("status") == "finished" else f"{info.get('status', 'unfinished')}"
+                raise DataError(self.path, f"holds the {state} output of an earlier octseg {info.get('command')} "
+                                           f"({len(ours)} files, {info.get('started', '?')}); pass --overwrite to "
+                                           f"replace it, or choose another folder")
+            if not dry:
+                self._remove_earlier(ours)
+
+    def _remove_earlier(self, ours: set[str]) -> None:
+        """Delete the earlier run's files (only those it recorded) and the folders they leave empty."""
+        for dirpath, _, filenames in os.walk(self.path):  # temporary files of a killed run
+            for name in filenames:
+                if name.startswith(TMP_PREFIX):
+                    Path(dirpath, name).unlink(missing_ok=True)
+        dirs = set()
+        for rel in ours:
+            p = self.path / rel
+            try:
+                if p.is_symlink() or p.is_file():
+                    p.unlink()
+            except OSError as exc:
+                raise write_error(exc, p, "cannot remove the earlier output") from None
+            dirs.update(q for q in Path(rel).parents if str(q) != ".")
+        for d in sorted(dirs, key=lambda q: -len(q.parts)):
+            try:
+                (self.path / d).rmdir()
+            except OSError:
+                pass  # not empty (a user's file) or gone
+        (self.record / "files.txt").unlink(missing_ok=True)
+
+    def _write_run_info(self, status: str) -> None:
+        info = self._run_info() if status != "running" else None
+        doc = dict(info or {}, command=self.command, status=status, pid=os.getpid(),
+                   argv=sys.argv[1:], octseg_version=_version())
+        doc.setdefault("started", _now())
+        if status != "running":
+            doc["ended"] = _now()
+        atomic_write_text(self.record / "run.json", json.dumps(doc, indent=1) + "\n", fsync=False)
+
+    # -- writing
+    def file(self, rel) -> Path:
+        """Record ``rel`` (a path inside the folder) as octseg's and return its full path (parents made).
+
+        Raises if the path would leave the folder or land on one of the command's inputs."""
+        rel_path = Path(rel)
+        if rel_path.is_absolute() or ".." in rel_path.parts:
+            raise DataError(self.path / rel_path, "output path leaves the output folder")
+        full = self.path / rel_path
+        _check_not_input(full, self.protect, "output")
+        key = os.path.normpath(str(rel_path))
+        if self._files_fh is not None and key not in self._recorded:
+            try:
+                self._files_fh.write(key + "\n")
+                self._files_fh.flush()
+            except OSError as exc:
+                raise write_error(exc, self.record / "files.txt") from None
+            self._recorded.add(key)
+        try:
+            full.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise write_error(exc, full.parent, "cannot create the folder") from None
+        return full
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if self._files_fh is not None:
+            self._files_fh.close()
+            self._files_fh = None
+        if self._lock_fh is not None:
+            try:
+                self._write_run_info("finished" if exc_type is None else "failed")
+            except OctsegError:
+                pass  # e.g. the disk is full: the run's own error is the one to report
+        self._unlock()
+
+
+def _foreign_message(foreign: list[str]) -> str:
+    shown = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")
+    return (f"holds {len(foreign)} file(s) octseg did not write ({shown}); octseg does not write into a "
+            f"folder of yours: choose a new or empty folder, or pass --overwrite to write beside them")
+
+
+def _version() -> str:
+    from octseg import __version__
+
+    return __version__
+
