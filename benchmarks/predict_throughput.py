@@ -45,7 +45,7 @@ def make_checkpoint(path: Path) -> Path:
 
     from octseg.checkpoint import checkpoint_meta, save_inference_checkpoint
     from octseg.models import ModelConfig, build_model
-    from octseg.data.types import RETOUCH_CLASSES
+    from octseg.constants import RETOUCH_CLASSES
 
     torch.manual_seed(0)
     net = build_model(ModelConfig(**MODEL), len(RETOUCH_CLASSES))

@@ -28,7 +28,7 @@ sys.path.insert(0, str(ROOT / "src"))
 
 from benchmarks._common import print_table, write_results  # noqa: E402
 from octseg.data.synthetic import GEOMETRY, generate_volume  # noqa: E402
-from octseg.data.types import VENDORS  # noqa: E402
+from octseg.constants import VENDORS  # noqa: E402
 
 TARGET = 20.0  # B-scans/s at 496x512, one core
 REF_PIXELS = 496 * 512

@@ -15,7 +15,7 @@ from octseg.cli import main
 from octseg.data.prepare import prepare_dataset
 from octseg.data.splits import make_split
 from octseg.data.synthetic import write_synthetic_dataset
-from octseg.data.types import RETOUCH_CLASSES
+from octseg.constants import RETOUCH_CLASSES
 from octseg.errors import ConfigError, DataError
 from octseg.evaluate import evaluate, evaluate_model, format_evaluation, write_json
 

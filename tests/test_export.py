@@ -17,7 +17,7 @@ from octseg.checkpoint import load_network
 from octseg.cli import main
 from octseg.errors import CheckpointError
 from octseg.export import export_onnx, read_onnx_meta
-from octseg.inference import to_model_input
+from octseg.transforms import to_model_input
 from octseg.predict import Predictor
 
 

@@ -31,7 +31,7 @@ from octseg.cli import main
 from octseg.data import readers
 from octseg.data.prepare import prepare_dataset
 from octseg.data.readers import read_image, scan_source, to_uint8
-from octseg.data.types import FLUID_CLASSES, RETOUCH_CLASSES
+from octseg.constants import FLUID_CLASSES, RETOUCH_CLASSES
 from octseg.errors import ConfigError, DataError
 from octseg.predict import to_uint8_stack
 

@@ -107,7 +107,7 @@ def test_to_uint8_stack_rules():
 
 def test_tta_is_flip_average(tiny_checkpoint):
     from octseg.checkpoint import load_network
-    from octseg.inference import to_model_input
+    from octseg.transforms import to_model_input
 
     x = _rng_images((2, 64, 64), seed=3)  # at the model's input size: no resizing involved
     plain = Predictor.from_checkpoint(tiny_checkpoint, device="cpu")

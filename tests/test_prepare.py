@@ -10,10 +10,11 @@ from fakes import save_image, write_png_folder, write_retouch_case
 from PIL import Image
 
 from octseg.cli import main
-from octseg.data.prepare import ensure_prepared, prepare_dataset, resize_mask
+from octseg.data.prepare import ensure_prepared, prepare_dataset
+from octseg.transforms import resize_mask_u8 as resize_mask
 from octseg.data.prepared import FORMAT_NAME, PreparedDataset, is_prepared
 from octseg.data.readers import scan_source
-from octseg.data.types import FLUID_CLASSES, RETOUCH_CLASSES, UNLABELLED
+from octseg.constants import FLUID_CLASSES, RETOUCH_CLASSES, UNLABELLED
 from octseg.errors import DataError
 
 

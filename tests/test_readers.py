@@ -10,7 +10,7 @@ from fakes import RETOUCH_GEOMETRY, save_image, write_mhd, write_png_folder, wri
 from PIL import Image
 
 from octseg.data.readers import read_image, scan_source, to_uint8
-from octseg.data.types import FLUID_CLASSES, RETOUCH_CLASSES
+from octseg.constants import FLUID_CLASSES, RETOUCH_CLASSES
 from octseg.errors import DataError
 
 

@@ -18,7 +18,7 @@ from octseg.data.synthetic import (
     generate_volume,
     write_synthetic_dataset,
 )
-from octseg.data.types import VENDORS
+from octseg.constants import VENDORS
 from octseg.errors import ConfigError
 
 SCALE = 0.2

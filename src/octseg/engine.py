@@ -31,10 +31,12 @@ from octseg.data.augment import augment_batch
 from octseg.data.prepared import PreparedDataset
 from octseg.errors import ConfigError, DataError
 from octseg.io.outputs import atomic_write_text
-from octseg.inference import predict_labels, resize_images, resize_labels
-from octseg.losses import IGNORE_INDEX, SegmentationLoss
+from octseg.inference import predict_labels
+from octseg.constants import IGNORE_INDEX
+from octseg.losses import SegmentationLoss
 from octseg.methods import StepContext, build_method
 from octseg.models import build_model
+from octseg.transforms import normalise, resize_images, resize_labels
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -233,7 +235,7 @@ class SegmentationModule(L.LightningModule):
         return resize_images(x, self.input_size)
 
     def _normalise(self, x: torch.Tensor) -> torch.Tensor:
-        x = (x - self.norm["mean"]) / self.norm["std"]
+        x = normalise(x, self.norm)
         return x.contiguous(memory_format=torch.channels_last) if self.cfg.trainer.channels_last else x
 
     def training_step(self, batch, batch_idx):

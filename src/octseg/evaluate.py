@@ -17,7 +17,8 @@ from typing import Iterator, Optional
 import numpy as np
 
 from octseg import __version__
-from octseg.data.types import UNLABELLED, Spacing
+from octseg.constants import UNLABELLED
+from octseg.data.types import Spacing
 from octseg.errors import ConfigError, DataError
 
 __all__ = ["evaluate", "evaluate_model", "evaluate_command", "format_evaluation", "write_json"]
@@ -143,7 +144,7 @@ def evaluate_model(model, meta: dict, data, split: Optional[str] = None, part: s
     """
     from tqdm.auto import tqdm
 
-    from octseg.data.prepare import resize_mask
+    from octseg.transforms import resize_mask_u8 as resize_mask
     from octseg.data.prepared import PreparedDataset, is_prepared
     from octseg.inference import predict_labels
     from octseg.metrics import MetricAccumulator

@@ -12,30 +12,7 @@ import numpy as np
 import torch
 from torch import nn
 
-
-def to_model_input(images_u8: torch.Tensor, norm: dict) -> torch.Tensor:
-    """uint8 (N, H, W) -> normalised float (N, 1, H, W)."""
-    x = images_u8.to(torch.float32).div_(255.0).unsqueeze(1)
-    return (x - norm["mean"]) / norm["std"]
-
-
-def resize_images(x: torch.Tensor, size) -> torch.Tensor:
-    """float (N, C, H, W) -> size, with area filtering when shrinking and bilinear when enlarging."""
-    size = tuple(int(s) for s in size)
-    if tuple(x.shape[-2:]) == size:
-        return x
-    shrink = size[0] <= x.shape[-2] and size[1] <= x.shape[-1]
-    if shrink:
-        return torch.nn.functional.interpolate(x, size=size, mode="area")
-    return torch.nn.functional.interpolate(x, size=size, mode="bilinear", align_corners=False)
-
-
-def resize_labels(y: torch.Tensor, size) -> torch.Tensor:
-    """Integer label maps (N, H, W) -> size with nearest neighbour: labels never blend."""
-    size = tuple(int(s) for s in size)
-    if tuple(y.shape[-2:]) == size:
-        return y
-    return torch.nn.functional.interpolate(y[:, None].float(), size=size, mode="nearest-exact")[:, 0].to(y.dtype)
+from octseg.transforms import resize_images, resize_labels, to_model_input
 
 
 @torch.inference_mode()

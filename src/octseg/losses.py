@@ -13,9 +13,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from octseg.constants import IGNORE_INDEX
 from octseg.errors import ConfigError
 
-IGNORE_INDEX = 255
 
 
 @dataclass

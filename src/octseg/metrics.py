@@ -26,7 +26,8 @@ from typing import Any, Optional, Sequence
 import numpy as np
 from scipy import ndimage
 
-from octseg.data.types import FLUID_CLASSES, RETOUCH_CLASSES, Spacing
+from octseg.constants import FLUID_CLASSES, IGNORE_INDEX, RETOUCH_CLASSES
+from octseg.data.types import Spacing
 
 __all__ = [
     "confusion_per_image",
@@ -91,7 +92,7 @@ def _as_batch(gt, pred):
 # ------------------------------------------------------------------------- confusion
 
 
-def confusion_per_image(gt, pred, num_classes: int, ignore_index: Optional[int] = 255) -> np.ndarray:
+def confusion_per_image(gt, pred, num_classes: int, ignore_index: Optional[int] = IGNORE_INDEX) -> np.ndarray:
     """Per-B-scan confusion counts, int64 (N, K, K), rows = gt, cols = pred.
 
     Pixels where ``gt == ignore_index`` are left out. CUDA tensors are counted on
@@ -237,7 +238,7 @@ def hd95(gt_mask, pred_mask, spacing=None) -> float:
     return float(np.percentile(np.concatenate([d_ab, d_ba]), 95))
 
 
-def hd95_per_image(gt, pred, num_classes: int, spacing=None, ignore_index: Optional[int] = 255) -> np.ndarray:
+def hd95_per_image(gt, pred, num_classes: int, spacing=None, ignore_index: Optional[int] = IGNORE_INDEX) -> np.ndarray:
     """HD95 per B-scan and foreground class, float (N, K).
 
     Column 0 (background) is NaN: its surface is the whole fluid boundary plus the
@@ -350,7 +351,7 @@ class MetricAccumulator:
     """
 
     def __init__(self, num_classes: int, class_names: Optional[Sequence[str]] = None,
-                 ignore_index: Optional[int] = 255, hd95: str = "auto"):
+                 ignore_index: Optional[int] = IGNORE_INDEX, hd95: str = "auto"):
         self.K = int(num_classes)
         self.names = tuple(class_names) if class_names is not None else _default_names(self.K)
         if len(self.names) != self.K:
@@ -530,7 +531,7 @@ class MetricAccumulator:
 
 
 def segmentation_report(gt, pred, num_classes: int, class_names=None, volumes=None, vendors=None,
-                        spacing=None, ignore_index: Optional[int] = 255, hd95: str = "auto",
+                        spacing=None, ignore_index: Optional[int] = IGNORE_INDEX, hd95: str = "auto",
                         tables: bool = True) -> dict:
     """One-shot report over (N,H,W) label maps; see :class:`MetricAccumulator`.
 
@@ -597,7 +598,7 @@ def _retouch_from_confusion(vconf, vol_names, spacings, vendors, class_names) ->
 
 
 def retouch_volume_metrics(gt_volumes, pred_volumes, spacings, vendors, num_classes: int,
-                           class_names=None, volume_ids=None, ignore_index: Optional[int] = 255) -> dict:
+                           class_names=None, volume_ids=None, ignore_index: Optional[int] = IGNORE_INDEX) -> dict:
     """RETOUCH challenge metrics per volume and foreground class, also by vendor.
 
     * Dice: 3-D pooled over the volume; excluded from means where the class is
@@ -695,7 +696,7 @@ def seed_dice(probs, gt_onehot, smooth: float = 0.0) -> np.ndarray:
         return (2 * inter + smooth) / (p.sum(axes) + g.sum(axes) + smooth)
 
 
-def seed_iou(pred, gt, num_classes: int, ignore_index: Optional[int] = 255) -> np.ndarray:
+def seed_iou(pred, gt, num_classes: int, ignore_index: Optional[int] = IGNORE_INDEX) -> np.ndarray:
     """The seed's IoU per class: per B-scan, absent-in-both scored 1, then averaged.
 
     NOT a headline figure: scoring absent-absent as 1 rewards predicting nothing

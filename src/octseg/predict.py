@@ -285,7 +285,8 @@ class Predictor:
         """Class probabilities float32, (K, H, W) or (N, K, H, W); no post-processing."""
         import torch
 
-        from octseg.inference import batched, predict_logits, resize_images, to_model_input
+        from octseg.inference import batched, predict_logits
+        from octseg.transforms import resize_images, to_model_input
 
         images, single = to_uint8_stack(array)
         n, h, w = images.shape

@@ -15,7 +15,7 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
-from octseg.losses import IGNORE_INDEX
+from octseg.constants import IGNORE_INDEX
 
 
 @dataclass

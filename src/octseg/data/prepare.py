@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Optional
 
 import numpy as np
-from PIL import Image
 
 from octseg import __version__
 from octseg.data.prepared import (
@@ -29,32 +28,11 @@ from octseg.data.prepared import (
     write_slice_table,
 )
 from octseg.data.readers import scan_source
-from octseg.data.types import UNLABELLED, DatasetSource
+from octseg.constants import UNLABELLED
+from octseg.data.types import DatasetSource
 from octseg.errors import ConfigError, DataError
 from octseg.io.outputs import write_error
-
-
-def resize_image(img: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """Resize a uint8 B-scan to (H, W): box (area) filter when shrinking, bilinear otherwise.
-
-    Area averaging keeps speckle from aliasing when a 1024-row Cirrus scan is shrunk;
-    Pillow's bilinear is itself antialiased, so a mixed shrink/enlarge is safe with it.
-    """
-    h, w = img.shape
-    H, W = size
-    if (h, w) == (H, W):
-        return img
-    resample = Image.BOX if (H <= h and W <= w) else Image.BILINEAR
-    return np.asarray(Image.fromarray(img).resize((W, H), resample=resample), dtype=np.uint8)
-
-
-def resize_mask(mask: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """Nearest-neighbour only: interpolating labels would invent classes at boundaries."""
-    h, w = mask.shape
-    H, W = size
-    if (h, w) == (H, W):
-        return mask
-    return np.asarray(Image.fromarray(mask).resize((W, H), resample=Image.NEAREST), dtype=np.uint8)
+from octseg.transforms import resize_image_u8, resize_mask_u8
 
 
 def source_signature(ds: DatasetSource) -> str:
@@ -208,8 +186,8 @@ def write_prepared(ds: DatasetSource, out, size=None, progress: bool = True,
                     if b.id in seen:
                         raise DataError(b.source, f"B-scan id {b.id!r} is also used by {seen[b.id]}")
                     seen[b.id] = b.source
-                    images[i] = resize_image(b.image, (H, W))
-                    masks[i] = UNLABELLED if b.mask is None else resize_mask(b.mask, (H, W))
+                    images[i] = resize_image_u8(b.image, (H, W))
+                    masks[i] = UNLABELLED if b.mask is None else resize_mask_u8(b.mask, (H, W))
                     h, w = b.image.shape
                     rows.append(SliceInfo(id=b.id, volume=b.volume, vendor=b.vendor, slice_index=b.slice_index,
                                           orig_height=h, orig_width=w, spacing=b.spacing,

@@ -29,7 +29,8 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from octseg.data.prepared import is_prepared
-from octseg.data.types import FLUID_CLASSES, RETOUCH_CLASSES, BScan, DatasetSource, Spacing, VolumeSource
+from octseg.constants import FLUID_CLASSES, RETOUCH_CLASSES
+from octseg.data.types import BScan, DatasetSource, Spacing, VolumeSource
 from octseg.errors import ConfigError, DataError
 
 #: Default stem pattern: ``TRAIN001_045`` -> (TRAIN001, 45), ``Subject_01_11`` -> (Subject_01, 11).

@@ -16,7 +16,8 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from octseg.data.types import RETOUCH_CLASSES, VENDORS, Spacing
+from octseg.constants import RETOUCH_CLASSES, VENDORS
+from octseg.data.types import Spacing
 from octseg.errors import ConfigError, DataError
 
 __all__ = [

@@ -7,14 +7,6 @@ from typing import Callable, Iterator, Optional, Sequence
 
 import numpy as np
 
-#: RETOUCH's label set, the default for OCT fluid segmentation.
-RETOUCH_CLASSES: tuple[str, ...] = ("background", "IRF", "SRF", "PED")
-#: Binary fluid label set (e.g. the Duke DME annotations).
-FLUID_CLASSES: tuple[str, ...] = ("background", "fluid")
-#: Known OCT vendors (RETOUCH). Readers lower-case vendor names.
-VENDORS: tuple[str, ...] = ("cirrus", "spectralis", "topcon")
-#: Value in a prepared `masks.npy` for a B-scan without a label map.
-UNLABELLED = 255
 
 
 @dataclass(frozen=True)
