@@ -61,7 +61,7 @@ def run_training(cfg, run_dir: Path) -> tuple[Path, Path, dict]:
     import yaml
 
     from octseg.config import config_to_dict
-    from octseg.engine import train
+    from octseg.training.run import train
 
     last = run_dir / "checkpoints" / "last.ckpt"
     info = {"reused": False, "resumed": False}

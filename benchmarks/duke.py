@@ -146,17 +146,18 @@ def band_masks(gt: np.ndarray, margin: int) -> tuple[np.ndarray, list[int]]:
 def score(ckpt: Path, ids, images, gt, gt_band, subject: str) -> dict:
     """Fluid Dice of every network in the checkpoint at native size (pooled and per B-scan)."""
     from octseg.checkpoint import load_networks
-    from octseg.inference import predict_labels
-    from octseg.metrics import segmentation_report
+    from octseg.metrics import score_networks, segmentation_report
 
     nets, meta = load_networks(ckpt)
+    names = ["background", "fluid"]
+    vols = [subject] * len(ids)
+    # predicted at native size (gt's), as the reference masks are
+    reports, preds = score_networks(nets, meta, images, gt, volumes=vols, class_names=names, batch=4, tables=True,
+                                    return_predictions=True)
     out = {}
-    for weights, net in nets.items():
-        pred = predict_labels(net, images, meta["normalization"], meta["input_size"], batch=4,
-                              out_size=images.shape[1:])
-        vols = [subject] * len(ids)
-        rep = segmentation_report(gt, pred, 2, class_names=["background", "fluid"], volumes=vols, tables=True)
-        band = segmentation_report(gt_band, pred, 2, class_names=["background", "fluid"], volumes=vols, tables=False)
+    for weights, rep in reports.items():
+        # the same predictions against the band-limited reference (see band_masks)
+        band = segmentation_report(gt_band, preds[weights], 2, class_names=names, volumes=vols, tables=False)
         out[weights] = {
             "fluid_dice_pooled": rep["pooled"]["dice"]["fluid"],
             "fluid_dice_per_bscan": rep["per_bscan"]["dice"]["fluid"],

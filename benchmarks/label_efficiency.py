@@ -143,17 +143,15 @@ def run_one(cfg, run_dir: Path) -> tuple[Path, dict]:
 def score(ckpt: Path, ds, split_name: str) -> dict:
     from octseg.checkpoint import load_networks
     from octseg.data.splits import load_split, split_indices
-    from octseg.inference import predict_labels
-    from octseg.metrics import segmentation_report
+    from octseg.metrics import score_networks
 
     rows = np.sort(split_indices(ds, load_split(ds, split_name))["test"])
     images, gt = np.asarray(ds.images[rows]), np.asarray(ds.masks[rows])
     vols = [ds.slices[r].volume for r in rows]
     nets, meta = load_networks(ckpt)
+    reports = score_networks(nets, meta, images, gt, volumes=vols, class_names=list(ds.classes), batch=32)
     out = {}
-    for weights, net in nets.items():
-        pred = predict_labels(net, images, meta["normalization"], meta["input_size"], batch=32)
-        rep = segmentation_report(gt, pred, len(ds.classes), class_names=list(ds.classes), volumes=vols, tables=False)
+    for weights, rep in reports.items():
         out[weights] = {
             "dice": {c: rep["pooled"]["dice"][c] for c in ds.classes[1:]},
             "mean_foreground": rep["mean_foreground_dice"]["pooled"],

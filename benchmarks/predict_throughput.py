@@ -107,8 +107,9 @@ def main(argv=None) -> int:
     import torch
 
     from octseg.data.synthetic import write_synthetic_dataset
-    from octseg.export import export_onnx
-    from octseg.predict import Predictor, predict_path
+    from octseg.inference.export import export_onnx
+    from octseg.inference.predictor import Predictor
+    from octseg.inference.run import predict_path
 
     tmp = None if a.work else tempfile.TemporaryDirectory(prefix="octseg-bench-")
     work = Path(a.work or tmp.name)

@@ -133,8 +133,9 @@ def time_octseg(prepared: Path, precision: str, warmup: int, steps: int, workdir
     import lightning as L
 
     from octseg.config import load_config
-    from octseg.engine import (SegmentationModule, StepDataset, StepSampler, build_trainer, intensity_stats,
-                               load_train_data)
+    from octseg.training.data import StepDataset, StepSampler, intensity_stats, load_train_data
+    from octseg.training.module import SegmentationModule
+    from octseg.training.run import build_trainer
     from octseg.models import build_model
 
     class StepTimer(L.Callback):
@@ -193,7 +194,7 @@ def main(argv=None) -> int:
 
     seed = SeedLoop(images, masks, images)
     variants = {"seed loop (fp32)": [], "octseg (fp32, channels-last)": [], "octseg (precision auto)": []}
-    from octseg.engine import resolve_precision
+    from octseg.training.run import resolve_precision
 
     auto = resolve_precision("auto", "cpu")
     for r in range(a.rounds):

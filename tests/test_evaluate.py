@@ -98,7 +98,7 @@ def test_at_model_size(synth, ckpt, raw_result):
 def test_prepared_with_split(synth, ckpt, tmp_path):
     prep = tmp_path / "prep"
     prepare_dataset(synth, prep, size=(96, 64), progress=False)
-    split = json.loads(make_split(prep, val=0.25, test=0.25, seed=0).read_text())
+    split = json.loads(make_split(prep, val=0.25, test=0.25, seed=0, name="default").read_text())
     r = evaluate(ckpt, prep, split="default", part="test", device="cpu", progress=False)
     h = r["header"]
     assert h["data_kind"] == "prepared" and h["scored_at"] == "prepared" and h["part"] == "test"

@@ -16,9 +16,9 @@ from octseg import __version__
 from octseg.checkpoint import load_network
 from octseg.cli import main
 from octseg.errors import CheckpointError
-from octseg.export import export_onnx, read_onnx_meta
+from octseg.inference.export import export_onnx, read_onnx_meta
 from octseg.transforms import to_model_input
-from octseg.predict import Predictor
+from octseg.inference.predictor import Predictor
 
 
 @pytest.fixture(autouse=True)

@@ -17,11 +17,11 @@ from PIL import Image
 
 import octseg
 from octseg.cli import main
-from octseg.data.readers import to_uint8
+from octseg.io.images import to_uint8
 from octseg.data.synthetic import write_synthetic_dataset
 from octseg.errors import CheckpointError, ConfigError
-from octseg.postprocess import parse_min_sizes, remove_small_components
-from octseg.predict import Predictor, to_uint8_stack
+from octseg.inference.postprocess import parse_min_sizes, remove_small_components
+from octseg.inference.predictor import Predictor, to_uint8_stack
 
 K = 4  # tiny_checkpoint's classes: background, IRF, SRF, PED
 

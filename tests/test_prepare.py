@@ -100,7 +100,7 @@ def test_idempotent_rerun_keeps_splits(tmp_path):
     first = _files(tmp_path / "out")
     prepare_dataset(tmp_path / "src", tmp_path / "out", size=(8, 8), progress=False)
     assert _files(tmp_path / "out") == first
-    assert "splits/default.json" in first
+    assert "splits/volume-l1-v0.3-t0-s0.json" in first  # named after its parameters
 
 
 def test_refuses_to_overwrite_foreign_folder(tmp_path):

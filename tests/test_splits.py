@@ -139,3 +139,30 @@ def test_real_duke_split(shared_data, tmp_path):
     s = json.loads(make_split(ds, labeled=0.5, val=0.2, seed=0).read_text())
     assert len(s["volumes"]["val"]) == 1 and len(s["volumes"]["labelled"]) == 2
     assert {k: len(v) for k, v in s["parts"].items()} == {"labelled": 22, "unlabelled": 22, "val": 11, "test": 0}
+
+
+def test_split_names_encode_their_parameters(prepared):
+    """Without --name a split is named after its fractions and seed, the same name a training run
+    derives from the same values: another seed or fraction can never reuse it silently."""
+    from octseg.config import load_config
+    from octseg.training.data import _split_name
+
+    a = make_split(prepared, labeled=0.5, val=0.2, seed=3)
+    b = make_split(prepared, labeled=0.5, val=0.2, seed=4)
+    c = make_split(prepared, labeled_count=7, val=0.2, test=0.1, seed=3)
+    assert (a.stem, b.stem, c.stem) == ("volume-l0.5-v0.2-t0-s3", "volume-l0.5-v0.2-t0-s4", "volume-n7-v0.2-t0.1-s3")
+    cfg = load_config(None, [f"data.path={prepared}", "data.labeled=0.5", "data.val=0.2", "seed=3"])
+    assert _split_name(cfg) == a.stem
+    assert _split_name(load_config(None, ["data.split=mine"])) == "mine"
+
+
+def test_a_named_split_with_other_parameters_is_used_with_a_warning(prepared):
+    from octseg.config import load_config
+    from octseg.training.data import load_train_data
+
+    make_split(prepared, labeled=0.5, val=0.2, seed=3, name="theirs")
+    cfg = load_config(None, [f"data.path={prepared}", "data.split=theirs", "data.labeled=0.25", "data.val=0.2",
+                             "seed=3"])
+    with pytest.warns(UserWarning, match=r"data.split='theirs' exists and is used as written: labeled 0.5"):
+        data = load_train_data(cfg)
+    assert data.split["name"] == "theirs"

@@ -230,7 +230,7 @@ def _final_state(run_dir):
 def test_short_run_loss_falls_and_writes_run_folder(tiny_prepared, tmp_path, method):
     import csv
 
-    from octseg.engine import train
+    from octseg.training.run import train
 
     torch.set_num_threads(1)
     cfg = load_config(None, _tiny_overrides(tiny_prepared, **{"method.name": method, "trainer.max_epochs": 5,
@@ -250,7 +250,7 @@ def test_short_run_loss_falls_and_writes_run_folder(tiny_prepared, tmp_path, met
 
 
 def test_resume_equals_uninterrupted_run(tiny_prepared, tmp_path):
-    from octseg.engine import train
+    from octseg.training.run import train
 
     torch.set_num_threads(1)
     base = _tiny_overrides(tiny_prepared, **{"method.name": "mean_teacher", "optim.scheduler": "plateau"})
@@ -266,7 +266,7 @@ def test_resume_equals_uninterrupted_run(tiny_prepared, tmp_path):
 
 
 def test_resume_refuses_changed_config_and_missing_run(tiny_prepared, tmp_path):
-    from octseg.engine import train
+    from octseg.training.run import train
 
     with pytest.raises(ConfigError, match="nothing to resume"):
         train(load_config(None, _tiny_overrides(tiny_prepared)), out_dir=tmp_path / "none", resume=True)
@@ -284,7 +284,7 @@ def test_resume_refuses_a_changed_split_file(tiny_prepared, tmp_path):
     import json
     import shutil
 
-    from octseg.engine import train
+    from octseg.training.run import train
     from octseg.errors import DataError
 
     data = tmp_path / "prepared"
@@ -303,7 +303,7 @@ def test_resume_refuses_a_changed_split_file(tiny_prepared, tmp_path):
 
 
 def test_step_sampler_is_a_function_of_seed_and_epoch():
-    from octseg.engine import StepSampler
+    from octseg.training.data import StepSampler
 
     s = StepSampler(10, 7, 2, 3, steps=6, seed=4)
     s.set_epoch(3)

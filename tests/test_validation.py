@@ -14,7 +14,8 @@ from conftest import make_tiny_checkpoint
 
 from octseg import cli
 from octseg.checkpoint import load_network, load_networks
-from octseg.config import _RULES, RECIPES, Config, _get, load_config, validate_config
+from octseg.config import RECIPES, Config, load_config, validate_config
+from octseg.config.validation import _RULES, _get
 from octseg.errors import CheckpointError, ConfigError
 
 REPO = Path(__file__).resolve().parents[1]

@@ -13,7 +13,7 @@ __all__ = ["__version__", "Predictor"]
 def __getattr__(name):
     # Lazy so that `import octseg` stays cheap (no torch import) for the data tools.
     if name == "Predictor":
-        from octseg.predict import Predictor
+        from octseg.inference.predictor import Predictor
 
         return Predictor
     raise AttributeError(name)

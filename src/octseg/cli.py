@@ -41,7 +41,7 @@ def cmd_synth(a) -> int:
         fluid_free_fraction=a.fluid_free, preview=a.preview, real_reference=a.real_reference,
         overwrite=a.overwrite,
     )
-    print(summary["text"] if isinstance(summary, dict) and "text" in summary else summary)
+    print(summary["text"])
     return 0
 
 
@@ -72,7 +72,7 @@ def cmd_split(a) -> int:
 
 def cmd_train(a) -> int:
     from octseg.config import load_config
-    from octseg.engine import train
+    from octseg.training.run import train
 
     cfg = load_config(a.config, a.overrides)
     result = train(cfg, out_dir=a.out, resume=a.resume, overwrite=a.overwrite)
@@ -88,19 +88,52 @@ def cmd_demo(a) -> int:
 
 
 def cmd_evaluate(a) -> int:
-    from octseg.evaluate import evaluate_command
+    from octseg.errors import ConfigError
+    from octseg.evaluate import evaluate, format_evaluation, write_json
+    from octseg.io.outputs import check_output_file
 
-    return evaluate_command(a)
+    protect = [a.checkpoint, a.data]
+    if a.json is not None:  # before the work, not after it
+        check_output_file(a.json, a.overwrite, protect)
+    if a.batch < 1:
+        raise ConfigError(f"--batch must be >= 1, got {a.batch}")
+    result = evaluate(a.checkpoint, a.data, split=a.split, part=a.part, tta=a.tta, weights=a.weights,
+                      at_model_size=a.at_model_size, batch=a.batch, device=a.device, progress=True,
+                      **_reader_kwargs(a))
+    print(format_evaluation(result))
+    if a.json is not None:
+        print(f"\nreport written to {write_json(result, a.json, a.overwrite, protect)}")
+    return 0
 
 
 def cmd_predict(a) -> int:
-    from octseg.predict import predict_command
+    """Returns 0, or 1 when some inputs failed (the others were predicted)."""
+    import time
 
-    return predict_command(a)
+    from octseg.errors import DataError
+    from octseg.inference.postprocess import parse_min_sizes
+    from octseg.inference.predictor import Predictor
+    from octseg.inference.run import claim_output, format_summary, plan_inputs, predict_path
+
+    t0 = time.perf_counter()
+    jobs, notes = plan_inputs(a.input)  # a bad INPUT or OUT fails before the model loads
+    with claim_output(a.out, a.input, a.overwrite) as folder:
+        predictor = Predictor.from_checkpoint(a.checkpoint, device=a.device, weights=a.weights,
+                                              tta=a.tta == "flip", backend=a.backend, batch=a.batch)
+        predictor.min_sizes = parse_min_sizes(a.min_size, predictor.classes)
+        for n in notes:
+            print(f"note: {n}", file=sys.stderr)
+        load_s = time.perf_counter() - t0
+        run = predict_path(predictor, a.input, a.out, fmt=a.format, jobs=jobs, folder=folder)
+    print(format_summary(run, predictor))
+    print(f"(model loaded in {load_s:.1f} s)")
+    if run.n_bscans == 0:
+        raise DataError(a.input, f"none of the {len(jobs)} input(s) could be predicted")
+    return 1 if run.failures else 0
 
 
 def cmd_export(a) -> int:
-    from octseg.export import export_onnx
+    from octseg.inference.export import export_onnx
 
     path = export_onnx(a.checkpoint, a.out, weights=a.weights, overwrite=a.overwrite)
     print(f"exported {path}")
@@ -150,7 +183,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, required=True)
     p.add_argument("--by", choices=["volume", "slice"], default="volume",
                    help="volume (default, no leakage) or slice (the seed's leaky per-B-scan split)")
-    p.add_argument("--name", default="default", help="split name: writes splits/NAME.json")
+    p.add_argument("--name", default=None,
+                   help="split name: writes splits/NAME.json (default: named after the parameters, e.g. "
+                        "volume-l0.5-v0.2-t0-s0, the name training uses for the same values)")
     p.set_defaults(func=cmd_split)
 
     p = sub.add_parser("train", help="train a model from a YAML recipe")

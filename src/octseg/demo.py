@@ -49,7 +49,7 @@ def _prepare(out: Path, seed: int, synth: dict = SYNTH, size=SIZE) -> Path:
 
 
 def _train(cfg, run_dir: Path):
-    from octseg.engine import train
+    from octseg.training.run import train
 
     if (run_dir / "metrics.json").is_file():
         print(f"reusing the finished run in {run_dir}")
@@ -127,10 +127,9 @@ def run_demo(out="runs/demo", minutes: Optional[float] = None, seed: int = 0, qu
 
 def _run_demo(out: Path, minutes: Optional[float], seed: int, quick: bool) -> dict:
     from octseg.checkpoint import load_networks
-    from octseg.engine import load_train_data
-    from octseg.inference import predict_labels
+    from octseg.training.data import load_train_data
     from octseg.io.outputs import atomic_write_text
-    from octseg.metrics import segmentation_report
+    from octseg.metrics import score_networks
 
     t0 = time.time()
     prepared = _prepare(out, seed, QUICK_SYNTH, QUICK_SIZE) if quick else _prepare(out, seed)
@@ -151,18 +150,18 @@ def _run_demo(out: Path, minutes: Optional[float], seed: int, quick: bool) -> di
         volumes = [data.volumes[r] for r in rows]
         results[method] = {}
         nets, meta = load_networks(best)
-        for weights, net in nets.items():
-            pred = predict_labels(net, images, meta["normalization"], meta["input_size"], batch=16)
-            rep = segmentation_report(gt, pred, len(data.classes), class_names=list(data.classes), volumes=volumes,
-                                      tables=False)
+        reports, preds = score_networks(nets, meta, images, gt, volumes=volumes, class_names=list(data.classes),
+                                        batch=16, return_predictions=True)
+        for weights, rep in reports.items():
             results[method][weights] = {
                 "dice": rep["pooled"]["dice"],
                 "mean_foreground": rep["mean_foreground_dice"]["pooled"],
                 "mean_foreground_per_volume": rep["mean_foreground_dice"]["per_volume"],
                 "per_bscan_dice": rep["per_bscan"]["dice"],
             }
-            if weights == meta["default_weights"]:
-                predictions[f"{method} ({weights})"] = pred
+        default = meta["default_weights"]
+        if default in preds:
+            predictions[f"{method} ({default})"] = preds[default]
     table = _table(results, data.classes)
     n = {p: len(v) for p, v in data.parts.items()}
     print(f"\nHeld-out synthetic test set: {n['test']} B-scans in {len(set(data.volumes[r] for r in data.parts['test']))} "

@@ -21,7 +21,7 @@ from octseg.constants import UNLABELLED
 from octseg.data.types import Spacing
 from octseg.errors import ConfigError, DataError
 
-__all__ = ["evaluate", "evaluate_model", "evaluate_command", "format_evaluation", "write_json"]
+__all__ = ["evaluate", "evaluate_model", "format_evaluation", "write_json"]
 
 
 @dataclass
@@ -32,14 +32,6 @@ class _Item:
     spacing: Optional[Spacing]  # of ``image``/``mask`` as they are here
     image: np.ndarray
     mask: Optional[np.ndarray]  # None = unlabelled
-
-
-def _resolve_device(device) -> str:
-    import torch
-
-    if device in (None, "auto"):
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return str(device)
 
 
 def _tta_flag(tta) -> bool:
@@ -242,7 +234,9 @@ def evaluate(checkpoint, data, split: Optional[str] = None, part: str = "test", 
     """
     from octseg.checkpoint import load_network
 
-    device = _resolve_device(device)
+    from octseg.inference.predictor import resolve_device
+
+    device = resolve_device(device)
     model, meta = load_network(checkpoint, weights, device)
     reader_kwargs = {k: v for k, v in reader_kwargs.items() if v is not None}
     return evaluate_model(model, meta, data, split=split, part=part, tta=tta, at_model_size=at_model_size,
@@ -325,23 +319,3 @@ def write_json(result: dict, path, overwrite: bool = False, protect=()) -> Path:
     path = check_output_file(path, overwrite, protect)
     doc = {"written_by": f"octseg {__version__} evaluate", **result}
     return atomic_write_text(path, json.dumps(doc, indent=2, allow_nan=False) + "\n")
-
-
-def evaluate_command(args) -> int:
-    from octseg.io.outputs import check_output_file
-
-    protect = [args.checkpoint, args.data]
-    if args.json is not None:  # before the work, not after it
-        check_output_file(args.json, args.overwrite, protect)
-    if args.batch < 1:
-        raise ConfigError(f"--batch must be >= 1, got {args.batch}")
-    result = evaluate(
-        args.checkpoint, args.data, split=args.split, part=args.part, tta=args.tta, weights=args.weights,
-        at_model_size=args.at_model_size, batch=args.batch, device=args.device, progress=True,
-        layout=args.layout, images=args.images, masks=args.masks, pair_by_order=args.pair_by_order,
-        volume_regex=args.volume_regex,
-    )
-    print(format_evaluation(result))
-    if args.json is not None:
-        print(f"\nreport written to {write_json(result, args.json, args.overwrite, protect)}")
-    return 0

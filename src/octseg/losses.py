@@ -67,6 +67,13 @@ def _focal(num_classes: int, gamma: float) -> nn.Module:
     return FocalLoss(mode="multiclass", gamma=gamma, ignore_index=IGNORE_INDEX)
 
 
+#: loss.name -> the term beside Dice, built from (num_classes, LossConfig).
+LOSSES = {
+    "dice_focal": lambda num_classes, cfg: _focal(num_classes, cfg.focal_gamma),
+    "dice_ce": lambda num_classes, cfg: nn.CrossEntropyLoss(ignore_index=IGNORE_INDEX),
+}
+
+
 class SegmentationLoss(nn.Module):
     """dice_weight * Dice + other_weight * (Focal | cross-entropy), on logits."""
 
@@ -74,12 +81,9 @@ class SegmentationLoss(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.dice = WeightedDiceLoss(num_classes, cfg.class_weights)
-        if cfg.name == "dice_focal":
-            self.other = _focal(num_classes, cfg.focal_gamma)
-        elif cfg.name == "dice_ce":
-            self.other = nn.CrossEntropyLoss(ignore_index=IGNORE_INDEX)
-        else:
-            raise ConfigError(f"loss.name={cfg.name!r}: choose dice_focal or dice_ce")
+        if cfg.name not in LOSSES:
+            raise ConfigError(f"loss.name={cfg.name!r}: choose one of {', '.join(LOSSES)}")
+        self.other = LOSSES[cfg.name](num_classes, cfg)
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         target = target.long()

@@ -159,6 +159,3 @@ def _arch_names(smp) -> list[str]:
     except ImportError:  # older smp
         return ["Unet", "UnetPlusPlus", "MAnet", "Linknet", "FPN", "PSPNet", "DeepLabV3", "DeepLabV3Plus", "PAN"]
 
-
-def count_parameters(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())

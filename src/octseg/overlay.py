@@ -1,13 +1,16 @@
-"""Colour overlays of predicted fluid on B-scans, drawn with numpy + PIL.
+"""Colour overlays of fluid labels on B-scans, drawn with numpy + PIL: the one class palette.
+
+A low-level drawing module (colours, label overlay, legend bar, montage) shared by
+prediction's overlays, the demo figure and the synthetic-data preview, so every picture
+colours a class the same way. It must import nothing from training, inference, reporting
+or the CLI (only low-level helpers), so any layer can draw with it.
 
 Why PIL and not matplotlib: a figure per B-scan costs ~100 ms in matplotlib, a PIL blend
-a few ms, and prediction writes one overlay per image. The demo can reuse
-:func:`overlay_rgb` and :data:`CLASS_COLOURS`.
+a few ms, and prediction writes one overlay per image.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Optional, Sequence
 
 import numpy as np
@@ -41,7 +44,7 @@ def overlay_rgb(image_u8: np.ndarray, labels: np.ndarray, num_classes: int,
     """Gray B-scan (H, W) uint8 + label map (H, W) -> uint8 RGB (H, W, 3) with classes > 0 tinted."""
     img = np.asarray(image_u8)
     if img.dtype != np.uint8:
-        from octseg.data.readers import to_uint8
+        from octseg.io.images import to_uint8
 
         img = to_uint8(img)
     labels = np.asarray(labels)
@@ -104,13 +107,6 @@ def overlay_image(image_u8: np.ndarray, labels: np.ndarray, classes: Sequence[st
     out.paste(rgb, (0, 0))
     out.paste(bar, (0, rgb.height))
     return out
-
-
-def save_overlay(path, image_u8: np.ndarray, labels: np.ndarray, classes: Sequence[str],
-                 alpha: float = DEFAULT_ALPHA, caption: str = "") -> Path:
-    path = Path(path)
-    overlay_image(image_u8, labels, classes, alpha, caption).save(path, compress_level=1)
-    return path
 
 
 def montage(tiles: Sequence[tuple[np.ndarray, np.ndarray, str]], classes: Sequence[str], columns: int = 4,

@@ -85,10 +85,18 @@ def _check_args(labeled, labeled_count, val, test, by, name):
         raise ConfigError(f"labeled_count must be a positive integer, not {labeled_count!r}")
 
 
+def split_name_for(by: str, labeled: Optional[float], labeled_count: Optional[int], val: float, test: float,
+                   seed: int) -> str:
+    """The name a split gets from its parameters (``volume-l0.16-v0.04-t0-s0``), so that a split
+    with other fractions or another seed never hides behind a reused name."""
+    lab = f"n{labeled_count}" if labeled_count is not None else ("all" if labeled is None else f"l{labeled:g}")
+    return f"{by}-{lab}-v{val:g}-t{test:g}-s{seed}"
+
+
 def make_split(prepared, labeled: Optional[float] = None, labeled_count: Optional[int] = None,
                val: float = 0.1, test: float = 0.0, seed: int = 0, by: str = "volume",
-               name: str = "default") -> Path:
-    """Write ``splits/NAME.json`` and return its path.
+               name: Optional[str] = None) -> Path:
+    """Write ``splits/NAME.json`` and return its path (NAME: :func:`split_name_for` when not given).
 
     Volumes with labels are drawn (per vendor, in proportion) into val and test (at least one
     each when asked for); the rest train. Of the training volumes, ``labeled`` (fraction of
@@ -96,6 +104,8 @@ def make_split(prepared, labeled: Optional[float] = None, labeled_count: Optiona
     the "labelled" part; every other training B-scan is "unlabelled". val/test hold only
     labelled B-scans. Neither labeled nor labeled_count means all training labels are used.
     """
+    if name is None:
+        name = split_name_for(by, labeled, labeled_count, val, test, seed)
     _check_args(labeled, labeled_count, val, test, by, name)
     ds = _open(prepared)
     if len(ds) == 0:

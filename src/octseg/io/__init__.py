@@ -1,1 +1,4 @@
-"""Reading and writing files: output folders that protect a user's files, atomic writes."""
+"""Every file octseg reads or writes, one module per kind: what a path is before it is opened
+(``files``), 2-D images and masks (``images``), MetaImage/NIfTI volumes (``volumes``), the small
+CSV/JSON side tables (``tables``), and output folders and atomic writes (``outputs``). Nothing here
+imports a higher layer."""

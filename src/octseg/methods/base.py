@@ -41,6 +41,8 @@ class Method(nn.Module):
 
     #: Which of ``networks()`` is used for inference by default.
     default_weights: str = "student"
+    #: Whether the method learns from unlabelled B-scans (the sampler draws none for it otherwise).
+    uses_unlabelled: bool = True
 
     def __init__(self, student: nn.Module, cfg: MethodConfig, supervised_loss: nn.Module):
         super().__init__()
@@ -56,6 +58,11 @@ class Method(nn.Module):
 
     def after_optimizer_step(self, ctx: StepContext) -> None:
         """Called once after every optimiser step (e.g. to update an EMA teacher)."""
+
+    def trainable_parameters(self):
+        """The parameters the optimiser updates (the student's; a method with two trained
+        networks returns both)."""
+        return self.student.parameters()
 
     def networks(self) -> dict[str, nn.Module]:
         """The networks worth evaluating and saving, by name."""

@@ -87,7 +87,6 @@ class MeanTeacher(Method):
         rampup_done = ctx.epoch >= self.cfg.consistency_rampup_epochs
         alpha = ema_alpha(ctx.global_step, rampup_done, self.cfg.ema_decay_rampup, self.cfg.ema_decay)
         ema_update(self.teacher, self.student, alpha)
-        self.last_alpha = alpha
 
     def networks(self):
         return {"teacher": self.teacher, "student": self.student}

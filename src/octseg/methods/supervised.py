@@ -7,6 +7,7 @@ from octseg.methods.base import Method
 
 class Supervised(Method):
     default_weights = "student"
+    uses_unlabelled = False  # the baseline never sees unlabelled B-scans
 
     def training_loss(self, x_l, y_l, x_u, ctx):
         loss = self.supervised_loss(self.student(x_l), y_l)

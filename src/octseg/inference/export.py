@@ -3,7 +3,7 @@
 The graph maps normalised float images (N, 1, H, W) at the checkpoint's input size to logits
 (N, K, H, W); the batch axis is dynamic. Everything needed to use it (classes, input size,
 intensity normalisation, octseg version) is stored as JSON in the model's metadata_props
-under the key ``"octseg"``, so :class:`octseg.predict.Predictor` can run a bare .onnx file.
+under the key ``"octseg"``, so :class:`octseg.inference.predictor.Predictor` can run a bare .onnx file.
 """
 
 from __future__ import annotations

@@ -1,249 +1,18 @@
-"""Typed training configuration: YAML recipes in configs/, every field overridable as key=value.
-
-An unknown key anywhere (in the YAML or an override) is an error that suggests the nearest
-valid key, so a typo never silently trains with a default.
-Every value is then checked (:func:`validate_config`): a bad one is an error naming its
-dotted key, never a NaN run, a traceback from deep inside a library or a run that never ends.
-"""
+"""Checking every value of a recipe when it is read (see the comment block below)."""
 
 from __future__ import annotations
 
-import dataclasses
 import difflib
 import math
 import re
-import typing
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Optional, Union
+from typing import Any, Callable, Optional
 
-import yaml
-
-from octseg.data.augment import AugmentConfig
+from octseg.config.schema import Config
 from octseg.errors import ConfigError
-from octseg.losses import LossConfig
-from octseg.methods.base import MethodConfig
-from octseg.models import ModelConfig
-
-
-@dataclass
-class DataConfig:
-    """Where the B-scans come from and how they are split and batched.
-
-    ``path`` is a prepared dataset or any raw layout the readers accept (prepared on the fly
-    into a cache at ``size``). When ``splits/<split>.json`` does not exist it is created from
-    the fractions below with the run's seed, and reused afterwards.
-    """
-
-    path: str = ""
-    size: Optional[list[int]] = None
-    split: str = "default"
-    labeled: Optional[float] = 0.16
-    labeled_count: Optional[int] = None
-    val: float = 0.04
-    test: float = 0.0
-    split_by: str = "volume"
-    labeled_batch: int = 1
-    unlabeled_batch: int = 5
-    extra_unlabeled: list[str] = field(default_factory=list)
-    in_memory: bool = True
-    layout: str = "auto"
-    volume_regex: Optional[str] = None
-
-
-@dataclass
-class OptimConfig:
-    """Adam + ReduceLROnPlateau on the training loss is the seed's; AdamW/SGD with poly/cosine too."""
-
-    name: str = "adam"
-    lr: float = 1e-4
-    weight_decay: float = 2e-4
-    momentum: float = 0.9
-    scheduler: str = "plateau"
-    plateau_factor: float = 0.1
-    plateau_patience: int = 2
-    poly_power: float = 0.9
-    warmup_steps: int = 0
-
-
-@dataclass
-class TrainerConfig:
-    """Passed to Lightning. An epoch is ``steps_per_epoch`` steps (default: one pass over the labelled set)."""
-
-    max_epochs: int = 200
-    max_steps: int = -1
-    steps_per_epoch: Optional[int] = None
-    max_minutes: Optional[float] = None
-    precision: str = "32"
-    accelerator: str = "auto"
-    devices: Union[int, str, list] = "auto"
-    strategy: str = "auto"
-    num_nodes: int = 1
-    val_every_n_epochs: int = 1
-    log_every_n_steps: int = 10
-    deterministic: bool = True
-    progress: bool = True
-    channels_last: bool = False
-    val_batch: int = 16
-
-
-@dataclass
-class Config:
-    name: str = "run"
-    seed: int = 0
-    data: DataConfig = field(default_factory=DataConfig)
-    model: ModelConfig = field(default_factory=ModelConfig)
-    loss: LossConfig = field(default_factory=LossConfig)
-    method: MethodConfig = field(default_factory=MethodConfig)
-    optim: OptimConfig = field(default_factory=OptimConfig)
-    augment: AugmentConfig = field(default_factory=AugmentConfig)
-    trainer: TrainerConfig = field(default_factory=TrainerConfig)
-
-
-def _field_types(cls) -> dict[str, Any]:
-    hints = typing.get_type_hints(cls)
-    return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
-
-
-def _unknown_key(key: str, valid, where: str) -> ConfigError:
-    near = difflib.get_close_matches(key, list(valid), n=1, cutoff=0.5)
-    hint = f"; did you mean {where + near[0]!r}?" if near else f"; valid keys: {sorted(valid)}"
-    return ConfigError(f"unknown config key {where + key!r}{hint}")
-
-
-def _coerce(value: Any, tp: Any, key: str) -> Any:
-    """Convert a YAML or command-line value to the field's declared type."""
-    origin = typing.get_origin(tp)
-    args = typing.get_args(tp)
-    if origin is Union:
-        if value is None or (isinstance(value, str) and value.lower() in ("none", "null")):
-            if type(None) in args:
-                return None
-        errors = []
-        for a in args:
-            if a is type(None):
-                continue
-            try:
-                return _coerce(value, a, key)
-            except ConfigError as exc:
-                errors.append(str(exc))
-        raise ConfigError(f"{key}: cannot use {value!r} ({'; '.join(errors)})")
-    if origin is list or tp is list:
-        if isinstance(value, str):
-            value = yaml.safe_load(value) if value.strip().startswith("[") else [v for v in value.split(",") if v]
-        if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{key}: expected a list, got {value!r}")
-        inner = args[0] if args else Any
-        return [_coerce(v, inner, key) for v in value]
-    if tp is Any:
-        return value
-    if tp is bool:
-        if isinstance(value, bool):
-            return value
-        if isinstance(value, str) and value.lower() in ("true", "yes", "1", "false", "no", "0"):
-            return value.lower() in ("true", "yes", "1")
-        raise ConfigError(f"{key}: expected true/false, got {value!r}")
-    if tp is int:
-        if isinstance(value, bool):
-            raise ConfigError(f"{key}: expected an integer, got {value!r}")
-        try:
-            f = float(value)
-        except (TypeError, ValueError):
-            raise ConfigError(f"{key}: expected an integer, got {value!r}") from None
-        if f != int(f):
-            raise ConfigError(f"{key}: expected an integer, got {value!r}")
-        return int(f)
-    if tp is float:
-        try:
-            return float(value)
-        except (TypeError, ValueError):
-            raise ConfigError(f"{key}: expected a number, got {value!r}") from None
-    if tp is str:
-        if isinstance(value, (dict, list)):
-            raise ConfigError(f"{key}: expected a string, got {value!r}")
-        return str(value)
-    if dataclasses.is_dataclass(tp):
-        if not isinstance(value, dict):
-            raise ConfigError(f"{key}: expected a mapping, got {value!r}")
-        return _build(tp, value, key + ".")
-    return value
-
-
-def _build(cls, data: dict, where: str = ""):
-    types = _field_types(cls)
-    kwargs = {}
-    for k, v in (data or {}).items():
-        if k not in types:
-            raise _unknown_key(k, types, where)
-        kwargs[k] = _coerce(v, types[k], where + k)
-    return cls(**kwargs)
-
-
-def config_to_dict(cfg) -> dict:
-    return dataclasses.asdict(cfg)
-
-
-def _set_dotted(data: dict, dotted: str, value: Any) -> None:
-    parts = dotted.split(".")
-    cls = Config
-    node = data
-    for i, part in enumerate(parts):
-        types = _field_types(cls)
-        if part not in types:
-            raise _unknown_key(part, types, ".".join(parts[:i]) + ("." if i else ""))
-        if i == len(parts) - 1:
-            node[part] = value
-            return
-        tp = types[part]
-        if not dataclasses.is_dataclass(tp):
-            raise ConfigError(f"{'.'.join(parts[: i + 1])} is not a section; cannot set {dotted}")
-        if not isinstance(node.get(part), dict):
-            node[part] = {}
-        node = node[part]
-        cls = tp
-
-
-RECIPES = Path(__file__).parent / "configs"
-
-
-def recipe_path(name) -> Path:
-    """A recipe file: a path, or the name of a recipe shipped with octseg (e.g. ``demo_cpu``)."""
-    path = Path(name)
-    if path.is_file():
-        return path
-    for candidate in (RECIPES / path.name, RECIPES / f"{path.name}.yaml"):
-        if candidate.is_file() and len(path.parts) == 1:
-            return candidate
-    shipped = sorted(p.stem for p in RECIPES.glob("*.yaml"))
-    raise ConfigError(f"{path}: config file not found (recipes shipped with octseg: {', '.join(shipped)})")
-
-
-def load_config(path=None, overrides: Optional[list[str]] = None) -> Config:
-    """Read a YAML recipe, apply ``key=value`` overrides (values parsed as YAML scalars), validate."""
-    data: dict = {}
-    if path is not None:
-        path = recipe_path(path)
-        try:
-            data = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"{path}: invalid YAML ({exc})") from exc
-        if not isinstance(data, dict):
-            raise ConfigError(f"{path}: a recipe must be a mapping of sections")
-        data.setdefault("name", path.stem)
-    for item in overrides or []:
-        if "=" not in item:
-            raise ConfigError(f"override {item!r} is not of the form key=value (e.g. trainer.max_epochs=3)")
-        key, raw = item.split("=", 1)
-        try:
-            value = yaml.safe_load(raw) if raw != "" else ""
-        except yaml.YAMLError:
-            value = raw
-        _set_dotted(data, key.strip(), value)
-    try:
-        cfg = _build(Config, data)
-    except ConfigError as exc:
-        raise ConfigError(f"{path}: {exc}" if path is not None else str(exc)) from None
-    return validate_config(cfg)
+from octseg.losses import LOSSES
+from octseg.training.optim import OPTIMIZERS, SCHEDULERS
 
 
 # ----------------------------------------------------------------------------- validation
@@ -359,7 +128,7 @@ _RULES: list[tuple[str, Rule]] = [
     # model: arch, encoder, encoder_weights, decoder_channels need smp: _check_model
     ("model.encoder_depth", integer(1, 5)),
     # loss
-    ("loss.name", one_of("dice_focal", "dice_ce")),
+    ("loss.name", one_of(*LOSSES)),
     ("loss.dice_weight", NON_NEGATIVE),
     ("loss.other_weight", NON_NEGATIVE),
     ("loss.class_weights", Rule(lambda v: v is None or (isinstance(v, list) and len(v) > 0
@@ -374,11 +143,11 @@ _RULES: list[tuple[str, Rule]] = [
     ("method.noise_std", NON_NEGATIVE),
     ("method.consistency_on_labelled", FLAG),
     # optim: the names and schedulers SegmentationModule.configure_optimizers builds
-    ("optim.name", one_of("adam", "adamw", "sgd")),
+    ("optim.name", one_of(*OPTIMIZERS)),
     ("optim.lr", number(0, lo_open=True)),
     ("optim.weight_decay", NON_NEGATIVE),
     ("optim.momentum", number(0, 1, hi_open=True)),
-    ("optim.scheduler", one_of("plateau", "poly", "cosine", "none")),
+    ("optim.scheduler", one_of(*SCHEDULERS)),
     ("optim.plateau_factor", number(0, 1, lo_open=True, hi_open=True)),  # 1 never lowers the rate, >1 raises it
     ("optim.plateau_patience", integer(0)),
     ("optim.poly_power", number(0, lo_open=True)),
@@ -559,9 +328,3 @@ def validate_config(cfg: Config) -> Config:
     if errors:
         raise ConfigError("; ".join(errors))
     return cfg
-
-
-def save_config(cfg: Config, path) -> None:
-    from octseg.io.outputs import atomic_write_text
-
-    atomic_write_text(path, yaml.safe_dump(config_to_dict(cfg), sort_keys=False))

@@ -1,0 +1,169 @@
+"""Reading recipes: YAML files (or the recipes shipped in ``octseg/configs``) plus ``key=value``
+overrides, coerced to the declared field types. An unknown key anywhere is an error that suggests
+the nearest valid key, so a typo never silently trains with a default."""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import typing
+from pathlib import Path
+from typing import Any, Optional, Union
+
+import yaml
+
+from octseg.config.schema import Config
+from octseg.config.validation import validate_config
+from octseg.errors import ConfigError
+
+
+def _field_types(cls) -> dict[str, Any]:
+    hints = typing.get_type_hints(cls)
+    return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
+
+
+def _unknown_key(key: str, valid, where: str) -> ConfigError:
+    near = difflib.get_close_matches(key, list(valid), n=1, cutoff=0.5)
+    hint = f"; did you mean {where + near[0]!r}?" if near else f"; valid keys: {sorted(valid)}"
+    return ConfigError(f"unknown config key {where + key!r}{hint}")
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    """Convert a YAML or command-line value to the field's declared type."""
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if origin is Union:
+        if value is None or (isinstance(value, str) and value.lower() in ("none", "null")):
+            if type(None) in args:
+                return None
+        errors = []
+        for a in args:
+            if a is type(None):
+                continue
+            try:
+                return _coerce(value, a, key)
+            except ConfigError as exc:
+                errors.append(str(exc))
+        raise ConfigError(f"{key}: cannot use {value!r} ({'; '.join(errors)})")
+    if origin is list or tp is list:
+        if isinstance(value, str):
+            value = yaml.safe_load(value) if value.strip().startswith("[") else [v for v in value.split(",") if v]
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{key}: expected a list, got {value!r}")
+        inner = args[0] if args else Any
+        return [_coerce(v, inner, key) for v in value]
+    if tp is Any:
+        return value
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "yes", "1", "false", "no", "0"):
+            return value.lower() in ("true", "yes", "1")
+        raise ConfigError(f"{key}: expected true/false, got {value!r}")
+    if tp is int:
+        if isinstance(value, bool):
+            raise ConfigError(f"{key}: expected an integer, got {value!r}")
+        try:
+            f = float(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{key}: expected an integer, got {value!r}") from None
+        if f != int(f):
+            raise ConfigError(f"{key}: expected an integer, got {value!r}")
+        return int(f)
+    if tp is float:
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{key}: expected a number, got {value!r}") from None
+    if tp is str:
+        if isinstance(value, (dict, list)):
+            raise ConfigError(f"{key}: expected a string, got {value!r}")
+        return str(value)
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a mapping, got {value!r}")
+        return _build(tp, value, key + ".")
+    return value
+
+
+def _build(cls, data: dict, where: str = ""):
+    types = _field_types(cls)
+    kwargs = {}
+    for k, v in (data or {}).items():
+        if k not in types:
+            raise _unknown_key(k, types, where)
+        kwargs[k] = _coerce(v, types[k], where + k)
+    return cls(**kwargs)
+
+
+def config_to_dict(cfg) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+def _set_dotted(data: dict, dotted: str, value: Any) -> None:
+    parts = dotted.split(".")
+    cls = Config
+    node = data
+    for i, part in enumerate(parts):
+        types = _field_types(cls)
+        if part not in types:
+            raise _unknown_key(part, types, ".".join(parts[:i]) + ("." if i else ""))
+        if i == len(parts) - 1:
+            node[part] = value
+            return
+        tp = types[part]
+        if not dataclasses.is_dataclass(tp):
+            raise ConfigError(f"{'.'.join(parts[: i + 1])} is not a section; cannot set {dotted}")
+        if not isinstance(node.get(part), dict):
+            node[part] = {}
+        node = node[part]
+        cls = tp
+
+
+RECIPES = Path(__file__).resolve().parent.parent / "configs"
+
+
+def recipe_path(name) -> Path:
+    """A recipe file: a path, or the name of a recipe shipped with octseg (e.g. ``demo_cpu``)."""
+    path = Path(name)
+    if path.is_file():
+        return path
+    for candidate in (RECIPES / path.name, RECIPES / f"{path.name}.yaml"):
+        if candidate.is_file() and len(path.parts) == 1:
+            return candidate
+    shipped = sorted(p.stem for p in RECIPES.glob("*.yaml"))
+    raise ConfigError(f"{path}: config file not found (recipes shipped with octseg: {', '.join(shipped)})")
+
+
+def load_config(path=None, overrides: Optional[list[str]] = None) -> Config:
+    """Read a YAML recipe, apply ``key=value`` overrides (values parsed as YAML scalars), validate."""
+    data: dict = {}
+    if path is not None:
+        path = recipe_path(path)
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{path}: invalid YAML ({exc})") from exc
+        if not isinstance(data, dict):
+            raise ConfigError(f"{path}: a recipe must be a mapping of sections")
+        data.setdefault("name", path.stem)
+    for item in overrides or []:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} is not of the form key=value (e.g. trainer.max_epochs=3)")
+        key, raw = item.split("=", 1)
+        try:
+            value = yaml.safe_load(raw) if raw != "" else ""
+        except yaml.YAMLError:
+            value = raw
+        _set_dotted(data, key.strip(), value)
+    try:
+        cfg = _build(Config, data)
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}" if path is not None else str(exc)) from None
+    return validate_config(cfg)
+
+
+def save_config(cfg: Config, path) -> None:
+    from octseg.io.outputs import atomic_write_text
+
+    atomic_write_text(path, yaml.safe_dump(config_to_dict(cfg), sort_keys=False))

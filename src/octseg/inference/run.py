@@ -1,0 +1,439 @@
+"""``octseg predict``'s work: every image or volume under INPUT into OUT.
+
+OUT receives:
+
+* ``masks/``: label maps (values 0..K-1) at each input's native size: ``<stem>.png`` per image,
+  ``<volume>.mhd`` (or ``.nii.gz``) per volume with the input's spacing, origin and direction;
+* ``overlays/``: ``<stem>.png`` per image; ``<volume>.png`` per volume, a montage of the (up to
+  8) B-scans with the most predicted fluid;
+* ``fluid.csv``: one row per (volume, class) with the voxel count and volume in mm^3 (= µL), and
+  one row per (B-scan, class) with the area in pixels and mm^2 (blank where spacing is unknown).
+
+OUT is claimed as an :class:`octseg.io.outputs.OutputFolder` (never the input, never over a
+user's files, one run at a time). Unreadable inputs in a folder are skipped and listed.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import sys
+import time
+import warnings
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+
+from octseg.errors import ConfigError, DataError
+from octseg.inference.predictor import Predictor
+from octseg.io.images import write_png
+from octseg.io.outputs import OutputFolder, atomic_write_text
+from octseg.io.volumes import volume_header
+
+#: How many B-scans with the most fluid a volume's overlay montage shows.
+MONTAGE_BSCANS = 8
+FLUID_CSV_COLUMNS = ("level", "volume", "bscan", "slice_index", "class", "pixels", "area_mm2", "volume_mm3",
+                     "source")
+
+
+# ----------------------------------------------------------------------------------------- CLI: inputs
+
+
+@dataclass
+class _Job:
+    kind: str  # "image" | "volume"
+    path: Path
+    n: int = 1  # B-scans (volumes: from the header)
+
+
+@dataclass
+class PredictRun:
+    """What :func:`predict_path` did: counts, per-volume fluid, failures and time per stage."""
+
+    out: Path
+    classes: tuple[str, ...]
+    fmt_images: str
+    fmt_volumes: str
+    rows: list = field(default_factory=list)  # B-scan rows of fluid.csv
+    failures: list = field(default_factory=list)  # (path, problem)
+    names: set = field(default_factory=set)
+    volumes: dict = field(default_factory=dict)  # volume id -> {"pixels", "spacing", "n", "source"}
+    n_bscans: int = 0
+    n_images: int = 0
+    n_volumes: int = 0
+    seconds: float = 0.0
+    timings: dict = field(default_factory=dict)  # stage -> seconds: read, infer, masks, overlays, csv
+    folder: Optional[OutputFolder] = None  # the claimed OUT: every written file goes through it
+
+    @contextmanager
+    def timed(self, stage: str):
+        t = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.timings[stage] = self.timings.get(stage, 0.0) + time.perf_counter() - t
+
+
+def plan_inputs(path) -> tuple[list[_Job], list[str]]:
+    """The inputs under ``path`` (no pixels read) and notes about skipped files.
+
+    Only regular files (symlinks followed) become inputs; other entries (FIFO, socket, device,
+    broken symlink, symlink loop) are skipped with a note naming them, and nothing is opened,
+    so nothing blocks. A ``path`` that is itself no regular file or folder is a DataError."""
+    from octseg.data.prepared import is_prepared
+    from octseg.data.readers import FOLDER_PAIRS, find_oct_files
+    from octseg.io.files import entry_kind, regular_files, skipped_note
+    from octseg.io.images import IMAGE_EXTENSIONS
+
+    path = Path(path)
+    notes: list[str] = []
+    kind = entry_kind(path)
+    if kind == "missing":
+        raise DataError(path, "no such file or folder")
+    if kind == "file":
+        suffix = path.suffix.lower()
+        if suffix == ".mhd":
+            return [_Job("volume", path)], notes
+        if suffix in IMAGE_EXTENSIONS:
+            return [_Job("image", path)], notes
+        raise DataError(path, f"not an image ({', '.join(IMAGE_EXTENSIONS)}) or a MetaImage volume (.mhd)")
+    if kind != "folder":
+        raise DataError(path, f"not a regular file or folder ({kind})")
+    if is_prepared(path):
+        raise DataError(path, "is a prepared dataset (arrays resized for training); predict on the original "
+                              "scans instead")
+    skipped: list[str] = []
+    vols = find_oct_files(path, skipped)
+    if vols:
+        if skipped:
+            notes.append(skipped_note(path, skipped))
+        return [_Job("volume", p) for p in vols], notes
+    folder = path
+    for im_dir, _ in FOLDER_PAIRS:
+        if (path / im_dir).is_dir():
+            folder = path / im_dir
+            break
+    try:
+        files, odd = regular_files(folder, hidden=False)
+    except OSError as exc:
+        raise DataError(folder, f"cannot list the folder ({exc.strerror or exc})") from None
+    images, mhds, other = [], [], []
+    for f in files:
+        ext = f.suffix.lower()
+        if ext in IMAGE_EXTENSIONS:
+            images.append(f)
+        elif ext == ".mhd" and f.name.lower() != "reference.mhd":
+            mhds.append(f)
+        elif ext not in (".raw", ".zraw", ".csv", ".json", ".txt", ".md"):
+            other.append(f.name)
+    if odd:
+        notes.append(skipped_note(folder, odd))
+    if other:
+        notes.append(f"skipped {len(other)} file(s) that are neither images nor volumes in {folder}: "
+                     f"{', '.join(other[:5])}{' ...' if len(other) > 5 else ''}")
+    if images:
+        return [_Job("image", p) for p in images], notes
+    if mhds:
+        return [_Job("volume", p) for p in mhds], notes
+    raise DataError(path, f"no images ({', '.join(IMAGE_EXTENSIONS)}) or oct.mhd volumes found")
+
+
+def _read_bscans(path: Path, layout: str, classes):
+    """The B-scans of one file through the readers (one image, or all B-scans of a volume)."""
+    from octseg.data.readers import scan_source
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # e.g. "name does not match the volume pattern": irrelevant here
+        src = scan_source(path, layout=layout, classes=classes)
+    if len(src.volumes) != 1:
+        raise DataError(path, f"expected one volume, found {len(src.volumes)}")
+    return src.volumes[0]
+
+
+def _spacing_table(root: Path) -> dict:
+    """Spacing per volume from an optional ``volumes.csv`` beside an image folder."""
+    from octseg.io.tables import read_volumes_csv
+
+    out = {}
+    for folder in dict.fromkeys([root, root.parent]):
+        try:
+            out = {**read_volumes_csv(folder), **out}
+        except DataError:
+            pass
+    return out
+
+
+# ----------------------------------------------------------------------------------------- CLI: outputs
+
+
+def _unique(run: PredictRun, name: str) -> str:
+    base, i = name, 2
+    while name in run.names:
+        name = f"{base}_{i}"
+        i += 1
+    run.names.add(name)
+    return name
+
+
+def _class_pixels(labels: np.ndarray, k: int) -> np.ndarray:
+    """(N, H, W) labels -> (N, K) pixel counts per class."""
+    flat = labels.reshape(len(labels), -1)
+    if k <= 16:
+        return np.stack([(flat == c).sum(axis=1) for c in range(k)], axis=1)
+    return np.stack([np.bincount(r, minlength=k)[:k] for r in flat])
+
+
+def _fmt(x: Optional[float]) -> str:
+    return "" if x is None else f"{x:.6g}"
+
+
+def _bscan_rows(run: PredictRun, volume: str, ids, slices, counts: np.ndarray, spacing, sources) -> None:
+    px_area = spacing.row * spacing.col if spacing is not None else None
+    for bid, sl, cnt, src in zip(ids, slices, counts, sources):
+        for c in range(1, len(run.classes)):
+            area = cnt[c] * px_area if px_area is not None else None
+            run.rows.append(("bscan", volume, bid, sl, run.classes[c], int(cnt[c]), _fmt(area), "", src))
+
+
+def _add_volume(run: PredictRun, volume: str, counts: np.ndarray, spacing, source: str, n: int) -> None:
+    v = run.volumes.setdefault(volume, {"pixels": np.zeros(len(run.classes), np.int64), "spacing": spacing,
+                                        "n": 0, "source": source})
+    v["pixels"] += counts.sum(axis=0)
+    v["n"] += n
+    if v["spacing"] is None:
+        v["spacing"] = spacing
+
+
+def _voxel_mm3(spacing) -> Optional[float]:
+    if spacing is None or not spacing.slice:
+        return None
+    return spacing.row * spacing.col * spacing.slice
+
+
+def _write_csv(run: PredictRun) -> Path:
+    """fluid.csv, written last and atomically: it is there only when it matches every mask of the run."""
+    rows = []
+    for vol, v in run.volumes.items():
+        vox = _voxel_mm3(v["spacing"])
+        for c in range(1, len(run.classes)):
+            mm3 = v["pixels"][c] * vox if vox is not None else None
+            rows.append(("volume", vol, "", "", run.classes[c], int(v["pixels"][c]), "", _fmt(mm3), v["source"]))
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    w.writerow(FLUID_CSV_COLUMNS)
+    w.writerows(rows)
+    w.writerows(run.rows)
+    return atomic_write_text(run.folder.file("fluid.csv"), buf.getvalue())
+
+
+def _save_png(run: PredictRun, rel: str, image) -> None:
+    """A mask or overlay as PNG at ``OUT/rel``, recorded as octseg's and written atomically."""
+    write_png(run.folder.file(rel), image)
+
+
+def _write_sitk(run: PredictRun, rel: str, labels: np.ndarray, spacing=None, origin=None, direction=None) -> None:
+    """A label volume as .mhd (+ .zraw) or .nii.gz, both files recorded as the run's before they
+    are written (:func:`octseg.io.volumes.write_volume`: a header under the final name always
+    has its data)."""
+    from octseg.io.volumes import volume_data_file, write_volume
+
+    final = run.folder.file(rel)
+    data = volume_data_file(final)
+    if data is not None:
+        run.folder.file(str(Path(rel).with_name(data.name)))
+    write_volume(final, labels, spacing, origin, direction, compress=True)  # zlib: label volumes shrink ~50x
+
+
+_EXT = {"mhd": ".mhd", "nii": ".nii.gz", "png": ".png"}
+
+
+def _do_images(run: PredictRun, predictor: Predictor, jobs: list[_Job], root: Path, bar) -> None:
+    from octseg.overlay import overlay_image
+
+    spacings = _spacing_table(root if root.is_dir() else root.parent)
+    pending: list = []
+
+    def flush():
+        if not pending:
+            return
+        with run.timed("infer"):
+            labels = predictor.predict_u8(np.stack([b.image for b in pending]), progress=bar.update)
+            counts = _class_pixels(labels, len(run.classes))
+        for b, lab, cnt in zip(pending, labels, counts):
+            name = _unique(run, Path(b.source).stem)
+            sp = b.spacing or (spacings.get(b.volume) or {}).get("spacing")
+            with run.timed("masks"):
+                if run.fmt_images == "png":
+                    _save_png(run, f"masks/{name}.png", lab)
+                else:
+                    _write_sitk(run, f"masks/{name}{_EXT[run.fmt_images]}", lab,
+                                spacing=(sp.col, sp.row) if sp else None)
+            fluid = int(cnt[1:].sum())
+            caption = f"fluid {fluid * sp.row * sp.col:.4f} mm^2" if sp else f"fluid {fluid} px"
+            with run.timed("overlays"):
+                _save_png(run, f"overlays/{name}.png", overlay_image(b.image, lab, run.classes, caption=caption))
+            _bscan_rows(run, b.volume, [name], [b.slice_index], cnt[None], sp, [b.source])
+            _add_volume(run, b.volume, cnt[None], sp, str(Path(b.source).parent), 1)
+            run.n_bscans += 1
+            run.n_images += 1
+        pending.clear()
+
+    for job in jobs:
+        try:
+            with run.timed("read"):
+                vs = _read_bscans(job.path, "folders", run.classes)
+                b = next(iter(vs.load()))
+        except DataError as exc:
+            run.failures.append((str(job.path), exc.problem))
+            bar.update(1)
+            continue
+        except (MemoryError, KeyboardInterrupt):
+            raise
+        except Exception as exc:  # noqa: BLE001 - one unreadable file must not stop the others
+            run.failures.append((str(job.path), f"cannot read ({type(exc).__name__}: {exc})"))
+            bar.update(1)
+            continue
+        if pending and (pending[0].image.shape != b.image.shape or len(pending) >= predictor.batch):
+            flush()
+        pending.append(b)
+    flush()
+
+
+def _montage_slices(fluid: np.ndarray) -> list[int]:
+    order = np.argsort(-fluid, kind="stable")
+    chosen = [int(i) for i in order[:MONTAGE_BSCANS] if fluid[i] > 0]
+    if not chosen:  # no fluid: a few B-scans across the volume for context
+        chosen = sorted({int(round(x)) for x in np.linspace(0, len(fluid) - 1, min(4, len(fluid)))})
+    return sorted(chosen)
+
+
+def _do_volume(run: PredictRun, predictor: Predictor, job: _Job, bar) -> None:
+    from octseg.overlay import montage
+
+    with run.timed("read"):
+        head = volume_header(job.path)
+        vs = _read_bscans(job.path, "retouch", run.classes)
+        S, (H, W) = vs.n_slices, vs.shape
+        images = np.empty((S, H, W), dtype=np.uint8)
+        for b in vs.load():
+            images[b.slice_index] = b.image
+    name = _unique(run, vs.volume)
+    with run.timed("infer"):
+        labels = predictor.predict_u8(images, progress=bar.update)
+        counts = _class_pixels(labels, len(run.classes))
+    sp = vs.spacing
+    with run.timed("masks"):
+        if run.fmt_volumes == "png":
+            for k in range(S):
+                _save_png(run, f"masks/{name}/{name}_{k:03d}.png", labels[k])
+        else:
+            _write_sitk(run, f"masks/{name}{_EXT[run.fmt_volumes]}", labels, head.GetSpacing(), head.GetOrigin(),
+                        head.GetDirection())
+    fluid = counts[:, 1:].sum(axis=1)
+    px_area = sp.row * sp.col if sp else None
+    tiles = [(images[k], labels[k], f"B-scan {k}: " + (f"{fluid[k] * px_area:.3f} mm^2" if px_area else
+                                                         f"{fluid[k]} px")) for k in _montage_slices(fluid)]
+    vox = _voxel_mm3(sp)
+    total = f"{fluid.sum() * vox:.3f} mm^3 fluid" if vox else f"{int(fluid.sum())} fluid voxels"
+    with run.timed("overlays"):
+        _save_png(run, f"overlays/{name}.png", montage(tiles, run.classes, title=f"{name}: {total}"))
+    ids = [f"{name}_{k:03d}" for k in range(S)]
+    _bscan_rows(run, name, ids, range(S), counts, sp, [f"{job.path}#{k}" for k in range(S)])
+    _add_volume(run, name, counts, sp, str(job.path), S)
+    run.n_bscans += S
+    run.n_volumes += 1
+
+
+def format_summary(run: PredictRun, predictor: Predictor) -> str:
+    """The summary ``octseg predict`` prints: counts, speed, where the outputs are, fluid per volume, failures."""
+    seconds = run.seconds
+    lines = [f"predicted {run.n_bscans} B-scan(s) ({run.n_volumes} volume(s), {run.n_images} image(s)) in "
+             f"{seconds:.1f} s ({run.n_bscans / max(seconds, 1e-9):.1f} B-scans/s; backend {predictor.backend}, "
+             f"device {predictor.device}{', flip TTA' if predictor.tta else ''}) -> {run.out}",
+             f"  masks in {run.out / 'masks'}, overlays in {run.out / 'overlays'}, "
+             f"fluid table {run.out / 'fluid.csv'}"]
+    if run.volumes:
+        fluid_names = run.classes[1:]
+        lines.append("fluid per volume: mm³ (= µL), or voxels where the spacing is unknown")
+        width = max(len(v) for v in run.volumes)
+        shown = list(run.volumes.items())
+        for vol, v in shown[:50]:
+            vox = _voxel_mm3(v["spacing"])
+            cells = [f"{c} {v['pixels'][i + 1] * vox:.4f}" if vox else f"{c} {int(v['pixels'][i + 1])} vx"
+                     for i, c in enumerate(fluid_names)]
+            tot = v["pixels"][1:].sum()
+            cells.append(f"total {tot * vox:.4f} mm³" if vox else f"total {int(tot)} vx")
+            lines.append(f"  {vol.ljust(width)}  " + "  ".join(cells))
+        if len(shown) > 50:
+            lines.append(f"  ... and {len(shown) - 50} more volumes (see fluid.csv)")
+    if run.failures:
+        lines.append(f"FAILED: {len(run.failures)} input(s) could not be predicted:")
+        lines += [f"  {p}: {why}" for p, why in run.failures]
+    return "\n".join(lines)
+
+
+def claim_output(out, src, overwrite: bool = False) -> OutputFolder:
+    """OUT as octseg predict's folder: never the input, never over a user's files, one run at a time."""
+    return OutputFolder(Path(out), "predict", overwrite=overwrite, protect=[Path(src)])
+
+
+def predict_path(predictor: Predictor, input, out, fmt: Optional[str] = None, progress: bool = True,
+                 jobs: Optional[list] = None, overwrite: bool = False,
+                 folder: Optional[OutputFolder] = None) -> PredictRun:
+    """Predict every image/volume under ``input`` into ``out`` (see the module docstring).
+
+    ``out`` must be new, empty, or hold only an earlier ``octseg predict``'s output, which is
+    replaced only with ``overwrite`` (so masks and ``fluid.csv`` always come from one run); a
+    folder with files octseg did not write is refused unless ``overwrite``. Failures of single
+    files in a folder are collected in the result; a bad sole input, or an output that cannot be
+    written, raises :class:`octseg.errors.DataError`.
+    """
+    out, src = Path(out), Path(input)
+    if fmt not in (None, "png", "mhd", "nii"):
+        raise ConfigError(f"mask format must be png, mhd or nii, not {fmt!r}")
+    notes: list[str] = []
+    if jobs is None:
+        jobs, notes = plan_inputs(src)
+    if folder is None:
+        with claim_output(out, src, overwrite) as folder:
+            return predict_path(predictor, src, out, fmt, progress, jobs, folder=folder)
+    from tqdm import tqdm
+
+    t0 = time.perf_counter()
+    run = PredictRun(out=out, classes=predictor.classes, fmt_images=fmt or "png", fmt_volumes=fmt or "mhd",
+                     folder=folder)
+    for n in notes:
+        print(f"note: {n}", file=sys.stderr)
+    single = len(jobs) == 1
+    for job in jobs:  # header-level sizes for the progress bar; a bad header is a failure
+        if job.kind == "volume":
+            try:
+                job.n = int(volume_header(job.path).GetSize()[2])
+            except DataError as exc:
+                if single:
+                    raise
+                run.failures.append((str(job.path), exc.problem))
+                job.n = 0
+    ok_jobs = [j for j in jobs if j.n > 0]
+    with tqdm(total=sum(j.n for j in ok_jobs), unit="B-scan", desc="predict", dynamic_ncols=True,
+              disable=not progress) as bar:
+        images = [j for j in ok_jobs if j.kind == "image"]
+        if images:
+            _do_images(run, predictor, images, src, bar)
+        for job in (j for j in ok_jobs if j.kind == "volume"):
+            try:
+                _do_volume(run, predictor, job, bar)
+            except DataError as exc:
+                if single or out in Path(exc.path).parents:
+                    raise  # the only input, or an output problem: nothing more to do
+                run.failures.append((str(job.path), exc.problem))
+                bar.update(job.n)
+    if single and run.failures and run.n_bscans == 0:
+        raise DataError(run.failures[0][0], run.failures[0][1])
+    with run.timed("csv"):
+        _write_csv(run)
+    run.seconds = time.perf_counter() - t0
+    return run

@@ -1,0 +1,111 @@
+"""The LightningModule: one method (from ``octseg.methods``), its optimiser and its validation.
+
+Batches arrive as uint8 at the prepared size; resizing, augmentation and normalisation run on the
+device on whole batches. The module knows no method by name: the method says which networks it
+has, which it ships (``default_weights``) and which parameters it trains.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import lightning as L
+import torch
+
+from octseg.checkpoint import checkpoint_meta
+from octseg.config import Config, config_to_dict
+from octseg.constants import IGNORE_INDEX
+from octseg.data.augment import augment_batch
+from octseg.losses import SegmentationLoss
+from octseg.methods import StepContext, build_method
+from octseg.metrics.functional import confusion_matrix_torch, dice_from_confusion_torch
+from octseg.training.optim import configure_optimization
+from octseg.transforms import normalise, resize_images, resize_labels
+
+
+class SegmentationModule(L.LightningModule):
+    """One semi-supervised method, its optimiser and its validation, for Lightning."""
+
+    def __init__(self, cfg: Config, network: torch.nn.Module, classes, input_size, norm: dict, steps_per_epoch: int):
+        super().__init__()
+        self.cfg, self.classes, self.input_size, self.norm = cfg, list(classes), list(input_size), dict(norm)
+        self.steps_per_epoch = steps_per_epoch
+        self.num_classes = len(classes)
+        if cfg.trainer.channels_last:
+            network = network.to(memory_format=torch.channels_last)
+        self.method = build_method(cfg.method, network, SegmentationLoss(cfg.loss, self.num_classes))
+        self._val_conf: dict[str, torch.Tensor] = {}
+
+    # -- batch preparation on the device
+    def _generator(self, salt: int) -> torch.Generator:
+        g = torch.Generator(device=self.device)
+        g.manual_seed((self.cfg.seed * 1_000_003 + self.global_step * 7919 + salt * 104_729 + self.global_rank) % 2**63)
+        return g
+
+    def _to_float(self, u8: torch.Tensor) -> torch.Tensor:
+        x = u8.to(torch.float32).div_(255.0).unsqueeze(1)
+        return resize_images(x, self.input_size)
+
+    def _normalise(self, x: torch.Tensor) -> torch.Tensor:
+        x = normalise(x, self.norm)
+        return x.contiguous(memory_format=torch.channels_last) if self.cfg.trainer.channels_last else x
+
+    def training_step(self, batch, batch_idx):
+        g = self._generator(0)
+        n_l = batch["x_l"].shape[0]
+        x = self._to_float(torch.cat([batch["x_l"], batch["x_u"]], 0))
+        y = resize_labels(batch["y_l"].long(), self.input_size)
+        y_all = torch.cat([y, torch.full((x.shape[0] - n_l, *y.shape[1:]), IGNORE_INDEX, dtype=y.dtype, device=y.device)])
+        x, y_all = augment_batch(x, y_all, self.cfg.augment, g)
+        x = self._normalise(x)
+        ctx = StepContext(epoch=self.current_epoch, global_step=self.global_step + 1, generator=g)
+        loss, logs = self.method.training_loss(x[:n_l], y_all[:n_l], x[n_l:] if x.shape[0] > n_l else None, ctx)
+        self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=x.shape[0])
+        for k, v in logs.items():
+            self.log(f"train/{k}", v, on_step=True, on_epoch=True, batch_size=x.shape[0])
+        return loss
+
+    def on_train_batch_end(self, outputs, batch, batch_idx):
+        # Lightning has stepped the optimiser; global_step now counts that step.
+        self.method.after_optimizer_step(StepContext(self.current_epoch, self.global_step, self._generator(1)))
+
+    # -- validation: hard label maps, pooled confusion per network
+    def on_validation_epoch_start(self):
+        self._val_conf = {n: torch.zeros(self.num_classes, self.num_classes, dtype=torch.long, device=self.device)
+                          for n in self.method.networks()}
+
+    def validation_step(self, batch, batch_idx):
+        x = self._normalise(self._to_float(batch["x"]))
+        y = resize_labels(batch["y"].long(), self.input_size)
+        for name, net in self.method.networks().items():
+            self._val_conf[name] += confusion_matrix_torch(y, net(x).argmax(1), self.num_classes, IGNORE_INDEX)
+
+    def on_validation_epoch_end(self):
+        default = self.method.default_weights
+        for name, conf in self._val_conf.items():
+            conf = self.trainer.strategy.reduce(conf.float(), reduce_op="sum") if self.trainer.world_size > 1 else conf
+            dice = dice_from_confusion_torch(conf)
+            for c in range(1, self.num_classes):
+                if not torch.isnan(dice[c]):
+                    self.log(f"val/{name}/dice_{self.classes[c]}", dice[c].float())
+            fg = dice[1:][~torch.isnan(dice[1:])]
+            mean_fg = fg.mean().float() if len(fg) else torch.tensor(0.0)
+            self.log(f"val/{name}/mean_fg_dice", mean_fg, prog_bar=(name == default))
+            if name == default:
+                self.log("val/mean_fg_dice", mean_fg)
+
+    # -- optimiser
+    def configure_optimizers(self):
+        t = self.trainer
+        total = t.max_steps if t.max_steps > 0 else t.max_epochs * self.steps_per_epoch
+        return configure_optimization(self.method.trainable_parameters(), self.cfg.optim, total)
+
+    # -- checkpoint contents
+    def checkpoint_meta(self) -> dict:
+        nets = self.method.networks()
+        return checkpoint_meta(dataclasses.asdict(self.cfg.model), self.classes, self.input_size, self.norm,
+                               self.cfg.method.name, list(nets), self.method.default_weights, config_to_dict(self.cfg))
+
+    def on_save_checkpoint(self, checkpoint):
+        checkpoint["octseg"] = self.checkpoint_meta()
+        checkpoint.pop("hyper_parameters", None)
