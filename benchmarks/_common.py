@@ -95,7 +95,7 @@ def save_split(ds, name: str, parts: dict, volumes: dict, note: str, seed=None) 
 
     doc = {
         "name": name, "seed": seed, "by": "volume",
-        "fractions": {"labeled": None, "labeled_count": None, "val": None, "test": None},
+        "fractions": {"labelled": None, "labelled_count": None, "val": None, "test": None},
         "parts": parts,
         "volumes": volumes,
         "counts": {k: len(v) for k, v in parts.items()},

@@ -14,7 +14,7 @@ Protocol (one fold per ``--test-subject``, default subject 5):
 * Regime B: two training subjects labelled (``--labelled-subjects``; default: the first and last
   training subject other than 1, i.e. 2 and 4 for test subject 5); supervised on those, against
   Mean Teacher with the same labels plus, unlabelled, the remaining training subjects and the
-  whole subject-1 volume (``data.extra_unlabeled``; subject 1's annotated B-scans are then left
+  whole subject-1 volume (``data.extra_unlabelled``; subject 1's annotated B-scans are then left
   out of the split's unlabelled part, as the volume already contains them).
 * Checkpoint: no selection on the test subject. With five subjects a separate validation
   subject would cost a quarter of the training labels, so instead the engine's validation part is
@@ -266,7 +266,7 @@ def main(argv=None) -> int:
         runs_plan = [
             ("A", "supervised", split_a, []),
             ("B", "supervised", split_b, []),
-            ("B", "mean_teacher", split_b, [f"data.extra_unlabeled=[{unl.path}]"]),
+            ("B", "mean_teacher", split_b, [f"data.extra_unlabelled=[{unl.path}]"]),
         ]
         fold = {"test_subject": test, "train_subjects": train_subj, "regime_B_labelled": lab_b,
                 "regime_B_unlabelled": unl_b + ["subject-1 volume (61 B-scans)"],

@@ -1,11 +1,11 @@
-"""Training steps per second: octseg's Mean Teacher step against a re-implementation of the seed's loop.
+"""Training steps per second: octseg's Mean Teacher step against a re-implementation of the original project's loop.
 
 Both train the same network (U-Net, ResNet50 encoder, 1 input channel, 4 classes) at 256x256
 with 1 labelled + 5 unlabelled B-scans per step, on the same synthetic Spectralis-geometry
 B-scans (496x512 PNG files), on this machine, interleaved round by round so that any drift in
 machine load hits both alike.
 
-The seed's loop, as its code did it: every step reads and resizes each PNG from disk (masks
+The original project's loop, as its code did it: every step reads and resizes each PNG from disk (masks
 with linear interpolation), the model ends in a softmax whose output goes to Dice + Focal losses,
 the student runs twice (labelled, then unlabelled batch), the teacher forward builds an autograd
 graph (no ``torch.no_grad``), the EMA update loops over parameters in Python, and an IoU between
@@ -13,7 +13,7 @@ student and teacher predictions on the unlabelled batch is computed in NumPy eve
 
 octseg's step: the training loop of ``octseg train`` (Lightning) on the prepared uint8 arrays,
 one student forward over the 6 B-scans, a gradient-free teacher forward, a fused EMA update,
-channels-last memory format; once in float32 (same arithmetic as the seed) and once with
+channels-last memory format; once in float32 (same arithmetic as the original project) and once with
 ``precision: auto`` (bf16 mixed precision where the CPU supports it natively, as here).
 
     python benchmarks/train_throughput.py [--rounds 3] [--steps 3] [--out benchmarks/results/train_throughput.json]
@@ -42,11 +42,11 @@ TARGET = 1.3
 SIZE = 256
 
 
-# ----------------------------------------------------------------------------- the seed's loop
+# ----------------------------------------------------------------------------- the original project's loop
 
 
 class SeedPNGDataset(Dataset):
-    """Per-item PNG read + resize, every epoch (masks with linear interpolation, as the seed did)."""
+    """Per-item PNG read + resize, every epoch (masks with linear interpolation, as the original project did)."""
 
     def __init__(self, images, masks=None):
         self.images, self.masks = images, masks
@@ -69,7 +69,7 @@ def seed_model():
     return nn.Sequential(smp.Unet("resnet50", encoder_weights=None, in_channels=1, classes=4), nn.Softmax(dim=1))
 
 
-class SeedLoop:
+class OriginalLoop:
     def __init__(self, images, masks, unlabelled):
         from segmentation_models_pytorch.losses import DiceLoss, FocalLoss
 
@@ -115,7 +115,7 @@ class SeedLoop:
         return float(loss), float(np.mean(ious))
 
 
-def time_seed(loop: SeedLoop, warmup: int, steps: int) -> list[float]:
+def time_seed(loop: OriginalLoop, warmup: int, steps: int) -> list[float]:
     for _ in range(warmup):
         loop.step()
     times = []
@@ -148,10 +148,10 @@ def time_octseg(prepared: Path, precision: str, warmup: int, steps: int, workdir
         def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
             self.marks.append(time.perf_counter())
 
-    cfg = load_config("seed_mean_teacher_resnet50", [
+    cfg = load_config("original_mean_teacher_resnet50", [
         f"data.path={prepared}", "model.encoder_weights=none", f"trainer.precision={precision}",
         f"trainer.steps_per_epoch={warmup + steps}", "trainer.max_epochs=1", "trainer.progress=false",
-        "data.val=0.2", "data.labeled=0.5", "data.split=bench",
+        "data.val=0.2", "data.labelled=0.5", "data.split=bench",
     ])
     data = load_train_data(cfg)
     timer = StepTimer()
@@ -192,18 +192,18 @@ def main(argv=None) -> int:
     prepare_dataset(work / "png", work / "prepared", size=(SIZE, SIZE), progress=False)
     prepare_s = time.perf_counter() - t
 
-    seed = SeedLoop(images, masks, images)
-    variants = {"seed loop (fp32)": [], "octseg (fp32, channels-last)": [], "octseg (precision auto)": []}
+    seed = OriginalLoop(images, masks, images)
+    variants = {"original loop (fp32)": [], "octseg (fp32, channels-last)": [], "octseg (precision auto)": []}
     from octseg.training.run import resolve_precision
 
     auto = resolve_precision("auto", "cpu")
     for r in range(a.rounds):
-        variants["seed loop (fp32)"] += time_seed(seed, a.warmup if r == 0 else 0, a.steps)
+        variants["original loop (fp32)"] += time_seed(seed, a.warmup if r == 0 else 0, a.steps)
         variants["octseg (fp32, channels-last)"] += time_octseg(work / "prepared", "32", a.warmup, a.steps, work)
         variants["octseg (precision auto)"] += time_octseg(work / "prepared", "auto", a.warmup, a.steps, work)
         print(f"round {r + 1}/{a.rounds}: " + ", ".join(f"{k} {np.median(v):.2f} s/step" for k, v in variants.items()))
 
-    seed_rate = 1.0 / np.median(variants["seed loop (fp32)"])
+    seed_rate = 1.0 / np.median(variants["original loop (fp32)"])
     rows, figures = [], {"target_ratio": TARGET, "precision_auto_resolved_to": auto, "prepare_seconds": prepare_s,
                          "variants": {}}
     for name, ts in variants.items():

@@ -18,7 +18,7 @@ def _add_reader_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--images", type=Path, default=None, help="explicit image folder (folders layout)")
     p.add_argument("--masks", type=Path, default=None, help="explicit mask folder (folders layout)")
     p.add_argument("--pair-by-order", action="store_true",
-                   help="pair images and masks by sorted order instead of by file stem (as the seed did)")
+                   help="pair images and masks by sorted order instead of by file stem (as the original project did)")
     p.add_argument("--volume-regex", default=None,
                    help="regular expression with groups 'volume' and 'slice' that parses file stems")
 
@@ -60,7 +60,7 @@ def cmd_prepare(a) -> int:
 def cmd_split(a) -> int:
     from octseg.data.splits import make_split
 
-    path = make_split(a.prepared, labeled=a.labeled, labeled_count=a.labeled_count, val=a.val,
+    path = make_split(a.prepared, labelled=a.labelled, labelled_count=a.labelled_count, val=a.val,
                       test=a.test, seed=a.seed, by=a.by, name=a.name)
     import json
 
@@ -176,13 +176,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("split", help="split a prepared dataset by volume into labelled/unlabelled/val/test")
     p.add_argument("prepared", type=Path)
     g = p.add_mutually_exclusive_group(required=True)
-    g.add_argument("--labeled", type=float, help="fraction of the training volumes whose labels are used")
-    g.add_argument("--labeled-count", type=int, help="number of labelled B-scans to use")
+    g.add_argument("--labelled", "--labeled", type=float, help="fraction of the training volumes whose labels are used")
+    g.add_argument("--labelled-count", "--labeled-count", type=int, help="number of labelled B-scans to use")
     p.add_argument("--val", type=float, required=True, help="fraction of volumes for validation")
     p.add_argument("--test", type=float, default=0.0, help="fraction of volumes for testing")
     p.add_argument("--seed", type=int, required=True)
     p.add_argument("--by", choices=["volume", "slice"], default="volume",
-                   help="volume (default, no leakage) or slice (the seed's leaky per-B-scan split)")
+                   help="volume (default, no leakage) or slice (the original project's leaky per-B-scan split)")
     p.add_argument("--name", default=None,
                    help="split name: writes splits/NAME.json (default: named after the parameters, e.g. "
                         "volume-l0.5-v0.2-t0-s0, the name training uses for the same values)")

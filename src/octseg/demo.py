@@ -26,8 +26,8 @@ METHODS = ("supervised", "mean_teacher")
 QUICK_SYNTH = dict(volumes=12, slices=2, scale=0.2, fluid_free_fraction=0.0)
 QUICK_SIZE = (64, 64)
 QUICK_OVERRIDES = ["trainer.max_epochs=2", "trainer.steps_per_epoch=3", "model.encoder=tu-resnet10t",
-                   "model.encoder_depth=3", "model.decoder_channels=[32,16,8]", "data.labeled_batch=2",
-                   "data.unlabeled_batch=2", "trainer.precision=32"]
+                   "model.encoder_depth=3", "model.decoder_channels=[32,16,8]", "data.labelled_batch=2",
+                   "data.unlabelled_batch=2", "trainer.precision=32"]
 
 
 def _prepare(out: Path, seed: int, synth: dict = SYNTH, size=SIZE) -> Path:
@@ -122,14 +122,34 @@ def run_demo(out="runs/demo", minutes: Optional[float] = None, seed: int = 0, qu
     out = Path(out)
     legacy = lambda p: (p / "prepared" / "dataset.json").is_file()  # noqa: E731 - a demo folder of octseg <= 0.1
     with OutputFolder(out, "demo", whole=True, legacy=legacy):
+        _check_settings(out, {"seed": int(seed), "quick": bool(quick)})
         return _run_demo(out, minutes, seed, quick)
+
+
+def _check_settings(out: Path, settings: dict) -> None:
+    """A demo folder reuses its data and runs only for the seed (and size) it was made with."""
+    from octseg.errors import DataError
+    from octseg.io.outputs import atomic_write_text
+
+    path = out / "demo_settings.json"
+    if path.is_file():
+        try:
+            earlier = json.loads(path.read_text())
+        except (OSError, ValueError) as exc:
+            raise DataError(path, f"cannot read the demo's settings ({exc})") from None
+        if earlier != settings:
+            raise DataError(out, f"holds the demo made with {earlier}, not {settings}; choose another --out "
+                                 f"(e.g. {out}-seed{settings['seed']})")
+    elif (out / "prepared" / "dataset.json").is_file() and settings != {"seed": 0, "quick": False}:
+        raise DataError(out, f"holds a demo of an earlier octseg (seed 0); choose another --out for {settings}")
+    atomic_write_text(path, json.dumps(settings) + "\n")
 
 
 def _run_demo(out: Path, minutes: Optional[float], seed: int, quick: bool) -> dict:
     from octseg.checkpoint import load_networks
-    from octseg.training.data import load_train_data
     from octseg.io.outputs import atomic_write_text
     from octseg.metrics import score_networks
+    from octseg.training.data import load_train_data
 
     t0 = time.time()
     prepared = _prepare(out, seed, QUICK_SYNTH, QUICK_SIZE) if quick else _prepare(out, seed)

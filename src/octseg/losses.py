@@ -1,6 +1,6 @@
 """Supervised and consistency losses. Every supervised loss takes raw logits (N, K, H, W).
 
-The seed fed softmax outputs to losses that apply their own softmax/sigmoid; here the
+The original project fed softmax outputs to losses that apply their own softmax/sigmoid; here the
 model returns logits and each loss normalises exactly once.
 """
 
@@ -20,7 +20,7 @@ from octseg.errors import ConfigError
 
 @dataclass
 class LossConfig:
-    """``name``: dice_focal (the seed's, 1:1) or dice_ce. ``class_weights``: per-class Dice weights."""
+    """``name``: dice_focal (the original project's, 1:1) or dice_ce. ``class_weights``: per-class Dice weights."""
 
     name: str = "dice_focal"
     dice_weight: float = 1.0
@@ -34,7 +34,7 @@ class WeightedDiceLoss(nn.Module):
 
     With equal weights this equals segmentation-models-pytorch's ``DiceLoss(mode="multiclass")``:
     classes absent from the target contribute no loss. Weights let a rare class such as IRF
-    count more (the seed's own suggestion). Pixels labelled 255 are ignored.
+    count more (the original project's own suggestion). Pixels labelled 255 are ignored.
     """
 
     def __init__(self, num_classes: int, class_weights: Optional[Sequence[float]] = None, eps: float = 1e-7):

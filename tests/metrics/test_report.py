@@ -18,7 +18,7 @@ from octseg.metrics import (
     format_table,
     hd95_per_image,
     scores_from_confusion,
-    seed_iou,
+    original_iou,
     segmentation_report,
 )
 
@@ -78,7 +78,7 @@ def test_class_absent_everywhere_is_null_not_one_or_zero():
     assert all(row["dice"]["PED"] is None for row in rep["per_bscan_table"])
 
 
-def test_absent_absent_excluded_from_per_bscan_and_seed_iou_counts_it_as_one():
+def test_absent_absent_excluded_from_per_bscan_and_original_iou_counts_it_as_one():
     a = np.zeros((3, 4, 4), int)
     b = np.zeros((3, 4, 4), int)
     a[0, :2, :2] = 1
@@ -93,9 +93,9 @@ def test_absent_absent_excluded_from_per_bscan_and_seed_iou_counts_it_as_one():
     assert rep["per_bscan"]["precision"]["fluid"] == pytest.approx(1.0)  # B-scan 1 predicts nothing
     assert rep["per_bscan"]["counted_precision"]["fluid"] == 1
     assert rep["per_bscan_table"][2]["dice"]["fluid"] is None
-    # the seed's flaw: absent-absent scored 1 lifts the mean from 0.5 to 2/3
-    assert seed_iou(b, a, 2)[1] == pytest.approx(2 / 3)
-    assert seed_iou(np.zeros((5, 4, 4), int), np.zeros((5, 4, 4), int), 2)[1] == 1.0
+    # the original project's flaw: absent-absent scored 1 lifts the mean from 0.5 to 2/3
+    assert original_iou(b, a, 2)[1] == pytest.approx(2 / 3)
+    assert original_iou(np.zeros((5, 4, 4), int), np.zeros((5, 4, 4), int), 2)[1] == 1.0
 
 
 def test_per_volume_by_hand():

@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import typing
+import warnings
 from pathlib import Path
 from typing import Any, Optional, Union
 
@@ -86,10 +87,25 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     return value
 
 
+#: Keys spelt "labeled" before octseg 0.2: still accepted, with a warning naming the new spelling.
+RENAMED_KEYS = {f"data.{old}": f"data.{old.replace('labeled', 'labelled')}"
+                for old in ("labeled", "labeled_count", "labeled_batch", "unlabeled_batch", "extra_unlabeled")}
+
+
+def _current_key(where: str, key: str) -> str:
+    new = RENAMED_KEYS.get(where + key)
+    if new is None:
+        return key
+    warnings.warn(f"config key {where + key!r} is now spelt {new!r}; the old spelling still works for now",
+                  UserWarning, stacklevel=4)
+    return new.rsplit(".", 1)[1]
+
+
 def _build(cls, data: dict, where: str = ""):
     types = _field_types(cls)
     kwargs = {}
     for k, v in (data or {}).items():
+        k = _current_key(where, k)
         if k not in types:
             raise _unknown_key(k, types, where)
         kwargs[k] = _coerce(v, types[k], where + k)
@@ -106,6 +122,7 @@ def _set_dotted(data: dict, dotted: str, value: Any) -> None:
     node = data
     for i, part in enumerate(parts):
         types = _field_types(cls)
+        part = parts[i] = _current_key(".".join(parts[:i]) + ("." if i else ""), part)
         if part not in types:
             raise _unknown_key(part, types, ".".join(parts[:i]) + ("." if i else ""))
         if i == len(parts) - 1:

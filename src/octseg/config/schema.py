@@ -26,14 +26,14 @@ class DataConfig:
     path: str = ""
     size: Optional[list[int]] = None
     split: str = ""
-    labeled: Optional[float] = 0.16
-    labeled_count: Optional[int] = None
+    labelled: Optional[float] = 0.16
+    labelled_count: Optional[int] = None
     val: float = 0.04
     test: float = 0.0
     split_by: str = "volume"
-    labeled_batch: int = 1
-    unlabeled_batch: int = 5
-    extra_unlabeled: list[str] = field(default_factory=list)
+    labelled_batch: int = 1
+    unlabelled_batch: int = 5
+    extra_unlabelled: list[str] = field(default_factory=list)
     in_memory: bool = True
     layout: str = "auto"
     volume_regex: Optional[str] = None
@@ -41,7 +41,7 @@ class DataConfig:
 
 @dataclass
 class OptimConfig:
-    """Adam + ReduceLROnPlateau on the training loss is the seed's; AdamW/SGD with poly/cosine too."""
+    """Adam + ReduceLROnPlateau on the training loss is the original project's; AdamW/SGD with poly/cosine too."""
 
     name: str = "adam"
     lr: float = 1e-4

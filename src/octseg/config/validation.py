@@ -113,14 +113,14 @@ _RULES: list[tuple[str, Rule]] = [
                        "null or [H, W], two integers >= 32 (the encoder downsamples by 32)")),
     ("data.split", Rule(lambda v: isinstance(v, str) and (v == "" or SPLIT_NAME.fullmatch(v) is not None),
                         "a split name of letters, digits, '_', '-' or '.' (or empty: named after the fractions)")),
-    ("data.labeled", optional(number(0, 1, lo_open=True))),
-    ("data.labeled_count", optional(integer(1))),
+    ("data.labelled", optional(number(0, 1, lo_open=True))),
+    ("data.labelled_count", optional(integer(1))),
     ("data.val", number(0, 1, hi_open=True)),
     ("data.test", number(0, 1, hi_open=True)),
     ("data.split_by", one_of("volume", "slice")),
-    ("data.labeled_batch", integer(1)),
-    ("data.unlabeled_batch", integer(0)),
-    ("data.extra_unlabeled", Rule(lambda v: isinstance(v, list) and all(isinstance(p, str) and p.strip() for p in v),
+    ("data.labelled_batch", integer(1)),
+    ("data.unlabelled_batch", integer(0)),
+    ("data.extra_unlabelled", Rule(lambda v: isinstance(v, list) and all(isinstance(p, str) and p.strip() for p in v),
                                   "a list of dataset paths")),
     ("data.in_memory", FLAG),
     ("data.layout", one_of("auto", "retouch", "folders")),
@@ -198,9 +198,9 @@ def _bad(key: str, value, allowed: str) -> str:
 def _check_data(cfg: Config, bad: set) -> list[str]:
     """Values that only make sense together, and the file-name regex the readers compile."""
     d, errors = cfg.data, []
-    if not bad & {"data.labeled", "data.labeled_count"} and d.labeled is None and d.labeled_count is None:
-        errors.append("data.labeled=None and data.labeled_count=None: set data.labeled (a fraction of the training "
-                      "volumes in (0, 1]; 1 uses every label) or data.labeled_count (a number of B-scans >= 1)")
+    if not bad & {"data.labelled", "data.labelled_count"} and d.labelled is None and d.labelled_count is None:
+        errors.append("data.labelled=None and data.labelled_count=None: set data.labelled (a fraction of the training "
+                      "volumes in (0, 1]; 1 uses every label) or data.labelled_count (a number of B-scans >= 1)")
     if not bad & {"data.val", "data.test"} and d.val + d.test >= 1:
         errors.append(f"data.val={d.val!r} + data.test={d.test!r}: must be < 1, or nothing is left to train on")
     if d.volume_regex is not None and "data.volume_regex" not in bad:

@@ -67,7 +67,7 @@ def _interleave(groups: dict, rng) -> list:
     return [keyed[k][1] for k in order]
 
 
-def _check_args(labeled, labeled_count, val, test, by, name):
+def _check_args(labelled, labelled_count, val, test, by, name):
     if by not in ("volume", "slice"):
         raise ConfigError(f"by must be 'volume' or 'slice', not {by!r}")
     if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", name):
@@ -77,52 +77,52 @@ def _check_args(labeled, labeled_count, val, test, by, name):
             raise ConfigError(f"{k} fraction must be in [0, 1), not {v!r}")
     if val + test >= 1.0:
         raise ConfigError(f"val + test = {val + test:g} leaves nothing for training; it must be < 1")
-    if labeled is not None and labeled_count is not None:
-        raise ConfigError("give either labeled (a fraction) or labeled_count, not both")
-    if labeled is not None and not (0.0 < labeled <= 1.0):
-        raise ConfigError(f"labeled fraction must be in (0, 1], not {labeled!r}")
-    if labeled_count is not None and (int(labeled_count) != labeled_count or labeled_count < 1):
-        raise ConfigError(f"labeled_count must be a positive integer, not {labeled_count!r}")
+    if labelled is not None and labelled_count is not None:
+        raise ConfigError("give either labelled (a fraction) or labelled_count, not both")
+    if labelled is not None and not (0.0 < labelled <= 1.0):
+        raise ConfigError(f"labelled fraction must be in (0, 1], not {labelled!r}")
+    if labelled_count is not None and (int(labelled_count) != labelled_count or labelled_count < 1):
+        raise ConfigError(f"labelled_count must be a positive integer, not {labelled_count!r}")
 
 
-def split_name_for(by: str, labeled: Optional[float], labeled_count: Optional[int], val: float, test: float,
+def split_name_for(by: str, labelled: Optional[float], labelled_count: Optional[int], val: float, test: float,
                    seed: int) -> str:
     """The name a split gets from its parameters (``volume-l0.16-v0.04-t0-s0``), so that a split
     with other fractions or another seed never hides behind a reused name."""
-    lab = f"n{labeled_count}" if labeled_count is not None else ("all" if labeled is None else f"l{labeled:g}")
+    lab = f"n{labelled_count}" if labelled_count is not None else ("all" if labelled is None else f"l{labelled:g}")
     return f"{by}-{lab}-v{val:g}-t{test:g}-s{seed}"
 
 
-def make_split(prepared, labeled: Optional[float] = None, labeled_count: Optional[int] = None,
+def make_split(prepared, labelled: Optional[float] = None, labelled_count: Optional[int] = None,
                val: float = 0.1, test: float = 0.0, seed: int = 0, by: str = "volume",
                name: Optional[str] = None) -> Path:
     """Write ``splits/NAME.json`` and return its path (NAME: :func:`split_name_for` when not given).
 
     Volumes with labels are drawn (per vendor, in proportion) into val and test (at least one
-    each when asked for); the rest train. Of the training volumes, ``labeled`` (fraction of
-    volumes, at least one) or ``labeled_count`` (B-scans; the last volume drawn is cut) give
+    each when asked for); the rest train. Of the training volumes, ``labelled`` (fraction of
+    volumes, at least one) or ``labelled_count`` (B-scans; the last volume drawn is cut) give
     the "labelled" part; every other training B-scan is "unlabelled". val/test hold only
-    labelled B-scans. Neither labeled nor labeled_count means all training labels are used.
+    labelled B-scans. Neither labelled nor labelled_count means all training labels are used.
     """
     if name is None:
-        name = split_name_for(by, labeled, labeled_count, val, test, seed)
-    _check_args(labeled, labeled_count, val, test, by, name)
+        name = split_name_for(by, labelled, labelled_count, val, test, seed)
+    _check_args(labelled, labelled_count, val, test, by, name)
     ds = _open(prepared)
     if len(ds) == 0:
         raise DataError(ds.path, "dataset has no B-scans")
     rng = np.random.default_rng(seed)
     if by == "volume":
-        parts, volumes = _split_by_volume(ds, labeled, labeled_count, val, test, rng)
+        parts, volumes = _split_by_volume(ds, labelled, labelled_count, val, test, rng)
         extra = {}
     else:
-        parts, volumes = _split_by_slice(ds, labeled, labeled_count, val, test, rng)
+        parts, volumes = _split_by_slice(ds, labelled, labelled_count, val, test, rng)
         warnings.warn(SLICE_SPLIT_WARNING, UserWarning, stacklevel=2)
         extra = {"warning": SLICE_SPLIT_WARNING}
     doc = {
         "name": name,
         "seed": int(seed),
         "by": by,
-        "fractions": {"labeled": labeled, "labeled_count": labeled_count, "val": val, "test": test},
+        "fractions": {"labelled": labelled, "labelled_count": labelled_count, "val": val, "test": test},
         "parts": parts,
         "volumes": volumes,
         "counts": {k: len(v) for k, v in parts.items()},
@@ -134,7 +134,7 @@ def make_split(prepared, labeled: Optional[float] = None, labeled_count: Optiona
     return atomic_write_text(path, json.dumps(doc, indent=2, sort_keys=True) + "\n")
 
 
-def _split_by_volume(ds: PreparedDataset, labeled, labeled_count, val, test, rng):
+def _split_by_volume(ds: PreparedDataset, labelled, labelled_count, val, test, rng):
     rows_of: dict[str, list[int]] = defaultdict(list)
     vendor_of: dict[str, Optional[str]] = {}
     for i, s in enumerate(ds.slices):
@@ -171,20 +171,20 @@ def _split_by_volume(ds: PreparedDataset, labeled, labeled_count, val, test, rng
 
     chosen: list[str] = []
     cut: dict[str, int] = {}
-    if labeled_count is not None:
+    if labelled_count is not None:
         total = sum(n_lab[v] for v in order)
-        if labeled_count > total:
-            raise DataError(ds.path, f"labeled_count={labeled_count} but the training volumes have only "
+        if labelled_count > total:
+            raise DataError(ds.path, f"labelled_count={labelled_count} but the training volumes have only "
                                      f"{total} labelled B-scans")
         got = 0
         for v in order:
             chosen.append(v)
             got += n_lab[v]
-            if got >= labeled_count:
-                cut[v] = n_lab[v] - (got - labeled_count)
+            if got >= labelled_count:
+                cut[v] = n_lab[v] - (got - labelled_count)
                 break
     else:
-        frac = 1.0 if labeled is None else labeled
+        frac = 1.0 if labelled is None else labelled
         chosen = order[:min(len(order), max(1, _round(frac * len(order))))]
 
     held_set = set(held["val"]) | set(held["test"])
@@ -208,8 +208,8 @@ def _split_by_volume(ds: PreparedDataset, labeled, labeled_count, val, test, rng
     return parts, volumes
 
 
-def _split_by_slice(ds: PreparedDataset, labeled, labeled_count, val, test, rng):
-    """The seed's split: shuffle labelled B-scans, cut val/test/labelled off the front."""
+def _split_by_slice(ds: PreparedDataset, labelled, labelled_count, val, test, rng):
+    """The original project's split: shuffle labelled B-scans, cut val/test/labelled off the front."""
     lab_rows = np.flatnonzero(ds.labelled)
     if len(lab_rows) < 2:
         raise DataError(ds.path, f"{len(lab_rows)} labelled B-scans: too few to split")
@@ -219,13 +219,13 @@ def _split_by_slice(ds: PreparedDataset, labeled, labeled_count, val, test, rng)
     if n_val + n_test > len(perm) - 1:
         raise DataError(ds.path, f"too few labelled B-scans ({len(perm)}) for val={val:g}, test={test:g}")
     val_rows, test_rows, train_rows = perm[:n_val], perm[n_val:n_val + n_test], perm[n_val + n_test:]
-    if labeled_count is not None:
-        if labeled_count > len(train_rows):
-            raise DataError(ds.path, f"labeled_count={labeled_count} but only {len(train_rows)} labelled "
+    if labelled_count is not None:
+        if labelled_count > len(train_rows):
+            raise DataError(ds.path, f"labelled_count={labelled_count} but only {len(train_rows)} labelled "
                                      f"training B-scans")
-        n = int(labeled_count)
+        n = int(labelled_count)
     else:
-        n = min(len(train_rows), max(1, _round((1.0 if labeled is None else labeled) * len(train_rows))))
+        n = min(len(train_rows), max(1, _round((1.0 if labelled is None else labelled) * len(train_rows))))
     lab_set = set(train_rows[:n].tolist())
     held = set(val_rows.tolist()) | set(test_rows.tolist())
     ids = [s.id for s in ds.slices]

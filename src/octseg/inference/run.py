@@ -19,7 +19,6 @@ import csv
 import io
 import sys
 import time
-import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,6 +27,7 @@ from typing import Optional
 import numpy as np
 
 from octseg.errors import ConfigError, DataError
+from octseg.inference.inputs import Job, plan_inputs, read_bscans, spacing_table
 from octseg.inference.predictor import Predictor
 from octseg.io.images import write_png
 from octseg.io.outputs import OutputFolder, atomic_write_text
@@ -37,16 +37,6 @@ from octseg.io.volumes import volume_header
 MONTAGE_BSCANS = 8
 FLUID_CSV_COLUMNS = ("level", "volume", "bscan", "slice_index", "class", "pixels", "area_mm2", "volume_mm3",
                      "source")
-
-
-# ----------------------------------------------------------------------------------------- CLI: inputs
-
-
-@dataclass
-class _Job:
-    kind: str  # "image" | "volume"
-    path: Path
-    n: int = 1  # B-scans (volumes: from the header)
 
 
 @dataclass
@@ -75,95 +65,6 @@ class PredictRun:
             yield
         finally:
             self.timings[stage] = self.timings.get(stage, 0.0) + time.perf_counter() - t
-
-
-def plan_inputs(path) -> tuple[list[_Job], list[str]]:
-    """The inputs under ``path`` (no pixels read) and notes about skipped files.
-
-    Only regular files (symlinks followed) become inputs; other entries (FIFO, socket, device,
-    broken symlink, symlink loop) are skipped with a note naming them, and nothing is opened,
-    so nothing blocks. A ``path`` that is itself no regular file or folder is a DataError."""
-    from octseg.data.prepared import is_prepared
-    from octseg.data.readers import FOLDER_PAIRS, find_oct_files
-    from octseg.io.files import entry_kind, regular_files, skipped_note
-    from octseg.io.images import IMAGE_EXTENSIONS
-
-    path = Path(path)
-    notes: list[str] = []
-    kind = entry_kind(path)
-    if kind == "missing":
-        raise DataError(path, "no such file or folder")
-    if kind == "file":
-        suffix = path.suffix.lower()
-        if suffix == ".mhd":
-            return [_Job("volume", path)], notes
-        if suffix in IMAGE_EXTENSIONS:
-            return [_Job("image", path)], notes
-        raise DataError(path, f"not an image ({', '.join(IMAGE_EXTENSIONS)}) or a MetaImage volume (.mhd)")
-    if kind != "folder":
-        raise DataError(path, f"not a regular file or folder ({kind})")
-    if is_prepared(path):
-        raise DataError(path, "is a prepared dataset (arrays resized for training); predict on the original "
-                              "scans instead")
-    skipped: list[str] = []
-    vols = find_oct_files(path, skipped)
-    if vols:
-        if skipped:
-            notes.append(skipped_note(path, skipped))
-        return [_Job("volume", p) for p in vols], notes
-    folder = path
-    for im_dir, _ in FOLDER_PAIRS:
-        if (path / im_dir).is_dir():
-            folder = path / im_dir
-            break
-    try:
-        files, odd = regular_files(folder, hidden=False)
-    except OSError as exc:
-        raise DataError(folder, f"cannot list the folder ({exc.strerror or exc})") from None
-    images, mhds, other = [], [], []
-    for f in files:
-        ext = f.suffix.lower()
-        if ext in IMAGE_EXTENSIONS:
-            images.append(f)
-        elif ext == ".mhd" and f.name.lower() != "reference.mhd":
-            mhds.append(f)
-        elif ext not in (".raw", ".zraw", ".csv", ".json", ".txt", ".md"):
-            other.append(f.name)
-    if odd:
-        notes.append(skipped_note(folder, odd))
-    if other:
-        notes.append(f"skipped {len(other)} file(s) that are neither images nor volumes in {folder}: "
-                     f"{', '.join(other[:5])}{' ...' if len(other) > 5 else ''}")
-    if images:
-        return [_Job("image", p) for p in images], notes
-    if mhds:
-        return [_Job("volume", p) for p in mhds], notes
-    raise DataError(path, f"no images ({', '.join(IMAGE_EXTENSIONS)}) or oct.mhd volumes found")
-
-
-def _read_bscans(path: Path, layout: str, classes):
-    """The B-scans of one file through the readers (one image, or all B-scans of a volume)."""
-    from octseg.data.readers import scan_source
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # e.g. "name does not match the volume pattern": irrelevant here
-        src = scan_source(path, layout=layout, classes=classes)
-    if len(src.volumes) != 1:
-        raise DataError(path, f"expected one volume, found {len(src.volumes)}")
-    return src.volumes[0]
-
-
-def _spacing_table(root: Path) -> dict:
-    """Spacing per volume from an optional ``volumes.csv`` beside an image folder."""
-    from octseg.io.tables import read_volumes_csv
-
-    out = {}
-    for folder in dict.fromkeys([root, root.parent]):
-        try:
-            out = {**read_volumes_csv(folder), **out}
-        except DataError:
-            pass
-    return out
 
 
 # ----------------------------------------------------------------------------------------- CLI: outputs
@@ -250,10 +151,10 @@ def _write_sitk(run: PredictRun, rel: str, labels: np.ndarray, spacing=None, ori
 _EXT = {"mhd": ".mhd", "nii": ".nii.gz", "png": ".png"}
 
 
-def _do_images(run: PredictRun, predictor: Predictor, jobs: list[_Job], root: Path, bar) -> None:
+def _do_images(run: PredictRun, predictor: Predictor, jobs: list[Job], root: Path, bar) -> None:
     from octseg.overlay import overlay_image
 
-    spacings = _spacing_table(root if root.is_dir() else root.parent)
+    spacings = spacing_table(root if root.is_dir() else root.parent)
     pending: list = []
 
     def flush():
@@ -284,7 +185,7 @@ def _do_images(run: PredictRun, predictor: Predictor, jobs: list[_Job], root: Pa
     for job in jobs:
         try:
             with run.timed("read"):
-                vs = _read_bscans(job.path, "folders", run.classes)
+                vs = read_bscans(job.path, "folders", run.classes)
                 b = next(iter(vs.load()))
         except DataError as exc:
             run.failures.append((str(job.path), exc.problem))
@@ -310,12 +211,12 @@ def _montage_slices(fluid: np.ndarray) -> list[int]:
     return sorted(chosen)
 
 
-def _do_volume(run: PredictRun, predictor: Predictor, job: _Job, bar) -> None:
+def _do_volume(run: PredictRun, predictor: Predictor, job: Job, bar) -> None:
     from octseg.overlay import montage
 
     with run.timed("read"):
         head = volume_header(job.path)
-        vs = _read_bscans(job.path, "retouch", run.classes)
+        vs = read_bscans(job.path, "retouch", run.classes)
         S, (H, W) = vs.n_slices, vs.shape
         images = np.empty((S, H, W), dtype=np.uint8)
         for b in vs.load():

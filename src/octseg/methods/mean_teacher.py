@@ -1,4 +1,4 @@
-"""Mean Teacher (Tarvainen & Valpola, 2017) as the seed project describes it.
+"""Mean Teacher (Tarvainen & Valpola, 2017) as the original project describes it.
 
 * Teacher = exponential moving average of the student, updated after every optimiser step
   with alpha = min(1 - 1/(step + 1), cap); cap = ``ema_decay_rampup`` (0.99) while the

@@ -11,7 +11,7 @@ One file per concept, lower ones never importing higher ones:
 * :mod:`~octseg.metrics.accumulator`: :class:`MetricAccumulator`, the streaming state.
 * :mod:`~octseg.metrics.scoring`: :func:`score_networks`, predict-then-report for every
   network of a checkpoint.
-* :mod:`~octseg.metrics.legacy`: the seed's measures, for comparison only.
+* :mod:`~octseg.metrics.legacy`: the original project's measures, for comparison only.
 """
 
 from octseg.metrics.accumulator import MetricAccumulator
@@ -26,7 +26,7 @@ from octseg.metrics.functional import (
     roc_auc,
     scores_from_confusion,
 )
-from octseg.metrics.legacy import seed_dice, seed_iou
+from octseg.metrics.legacy import original_dice, original_iou
 from octseg.metrics.report import BScanMeasures, build_report, format_table, measure_bscans, segmentation_report
 from octseg.metrics.retouch import retouch_volume_metrics
 from octseg.metrics.scoring import score_networks
@@ -48,7 +48,7 @@ __all__ = [
     "retouch_volume_metrics",
     "format_table",
     "score_networks",
-    "seed_dice",
-    "seed_iou",
+    "original_dice",
+    "original_iou",
     "HD95_DEFINITION",
 ]

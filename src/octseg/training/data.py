@@ -44,7 +44,7 @@ def _split_name(cfg: Config) -> str:
     d = cfg.data
     if d.split:
         return d.split
-    return split_name_for(d.split_by, None if d.labeled_count is not None else d.labeled, d.labeled_count, d.val,
+    return split_name_for(d.split_by, None if d.labelled_count is not None else d.labelled, d.labelled_count, d.val,
                           d.test, cfg.seed)
 
 
@@ -68,8 +68,8 @@ def load_train_data(cfg: Config) -> TrainData:
     name = _split_name(cfg)
     split_path = ds.path / "splits" / f"{name}.json"
     if not split_path.is_file():
-        make_split(ds.path, labeled=None if cfg.data.labeled_count is not None else cfg.data.labeled,
-                   labeled_count=cfg.data.labeled_count, val=cfg.data.val, test=cfg.data.test,
+        make_split(ds.path, labelled=None if cfg.data.labelled_count is not None else cfg.data.labelled,
+                   labelled_count=cfg.data.labelled_count, val=cfg.data.val, test=cfg.data.test,
                    seed=cfg.seed, by=cfg.data.split_by, name=name)
     split = ds.split(name)
     if cfg.data.split:
@@ -79,9 +79,9 @@ def load_train_data(cfg: Config) -> TrainData:
     masks = np.asarray(ds.masks) if cfg.data.in_memory else ds.masks
     volumes = [s.volume for s in ds.slices]
     vendors = [s.vendor for s in ds.slices]
-    if cfg.data.extra_unlabeled:
+    if cfg.data.extra_unlabelled:
         extra_imgs = []
-        for extra in cfg.data.extra_unlabeled:
+        for extra in cfg.data.extra_unlabelled:
             e = _open_dataset(extra, ds.size, cfg)
             if e.size != ds.size:
                 raise DataError(e.path, f"extra unlabelled data is {e.size}, the training data {ds.size}")
@@ -104,8 +104,9 @@ def load_train_data(cfg: Config) -> TrainData:
 def _note_named_split(split: dict, cfg: Config) -> None:
     """A split named in the recipe is used as written; say so when its parameters differ from the recipe's."""
     d, made = cfg.data, split.get("fractions", {})
-    want = {"labeled": None if d.labeled_count is not None else d.labeled, "labeled_count": d.labeled_count,
+    want = {"labelled": None if d.labelled_count is not None else d.labelled, "labelled_count": d.labelled_count,
             "val": d.val, "test": d.test}
+    made = {k.replace("labeled", "labelled"): v for k, v in made.items()}  # split files of octseg < 0.2
     differ = [f"{k} {made.get(k)!r} (recipe: {v!r})" for k, v in want.items() if made.get(k) != v]
     if split.get("seed") != cfg.seed:
         differ.append(f"seed {split.get('seed')!r} (recipe: {cfg.seed!r})")

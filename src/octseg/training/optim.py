@@ -10,7 +10,7 @@ import torch
 
 from octseg.errors import ConfigError
 
-#: optim.name -> (parameters, OptimConfig) -> optimiser. Adam with weight decay is the seed's.
+#: optim.name -> (parameters, OptimConfig) -> optimiser. Adam with weight decay is the original project's.
 OPTIMIZERS: dict[str, Callable] = {
     "adam": lambda params, o: torch.optim.Adam(params, lr=o.lr, weight_decay=o.weight_decay),
     "adamw": lambda params, o: torch.optim.AdamW(params, lr=o.lr, weight_decay=o.weight_decay),
@@ -20,7 +20,7 @@ OPTIMIZERS: dict[str, Callable] = {
 
 
 def _plateau(opt, o, total_steps: int) -> dict:
-    """ReduceLROnPlateau on the epoch's training loss, as in the seed."""
+    """ReduceLROnPlateau on the epoch's training loss, as in the original project."""
     sched = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, mode="min", factor=o.plateau_factor,
                                                        patience=o.plateau_patience)
     return {"scheduler": sched, "monitor": "train/loss_epoch", "interval": "epoch"}

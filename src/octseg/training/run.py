@@ -176,7 +176,7 @@ def train(cfg: Config, out_dir=None, resume: bool = False, extra_callbacks=(), o
 
     run_dir = Path(out_dir) if out_dir else Path("runs") / cfg.name
     with OutputFolder(run_dir, "train", whole=True, overwrite=overwrite, legacy=_is_run_folder,
-                      protect=[cfg.data.path, *cfg.data.extra_unlabeled]):
+                      protect=[cfg.data.path, *cfg.data.extra_unlabelled]):
         return _train(cfg, run_dir, resume, extra_callbacks)
 
 
@@ -202,7 +202,7 @@ def _train(cfg: Config, run_dir: Path, resume: bool, extra_callbacks) -> TrainRe
     norm = intensity_stats(data.images, np.concatenate([data.parts["labelled"], data.parts.get("unlabelled", [])]).astype(np.int64))
     n_lab = len(data.parts["labelled"])
     n_unl = len(data.parts.get("unlabelled", ()))
-    steps = cfg.trainer.steps_per_epoch or max(1, math.ceil(n_lab / cfg.data.labeled_batch))
+    steps = cfg.trainer.steps_per_epoch or max(1, math.ceil(n_lab / cfg.data.labelled_batch))
 
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*does not have many workers.*")
@@ -213,7 +213,7 @@ def _train(cfg: Config, run_dir: Path, resume: bool, extra_callbacks) -> TrainRe
         module = SegmentationModule(cfg, net, data.classes, input_size, norm, steps)
         if not module.method.uses_unlabelled:
             n_unl = 0
-        sampler = StepSampler(n_lab, n_unl, cfg.data.labeled_batch, cfg.data.unlabeled_batch, steps, cfg.seed,
+        sampler = StepSampler(n_lab, n_unl, cfg.data.labelled_batch, cfg.data.unlabelled_batch, steps, cfg.seed,
                               rank=trainer.global_rank, world=trainer.world_size)
         train_loader = DataLoader(StepDataset(data), sampler=sampler, batch_size=None, num_workers=0)
         val_loader = DataLoader(EvalDataset(data, "val", cfg.trainer.val_batch), batch_size=None, num_workers=0)

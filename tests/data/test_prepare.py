@@ -96,7 +96,7 @@ def test_idempotent_rerun_keeps_splits(tmp_path):
 
     write_png_folder(tmp_path / "src", [f"V{v}_{k}" for v in range(3) for k in range(2)])
     prepare_dataset(tmp_path / "src", tmp_path / "out", size=(8, 8), progress=False)
-    make_split(tmp_path / "out", labeled=1.0, val=0.3, seed=0)
+    make_split(tmp_path / "out", labelled=1.0, val=0.3, seed=0)
     first = _files(tmp_path / "out")
     prepare_dataset(tmp_path / "src", tmp_path / "out", size=(8, 8), progress=False)
     assert _files(tmp_path / "out") == first

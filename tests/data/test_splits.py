@@ -46,15 +46,15 @@ def _vols(ds, ids):
 
 
 def test_deterministic_bytes(prepared):
-    a = make_split(prepared, labeled=0.5, val=0.2, test=0.2, seed=3, name="a").read_bytes()
-    b = make_split(prepared, labeled=0.5, val=0.2, test=0.2, seed=3, name="a").read_bytes()
-    c = make_split(prepared, labeled=0.5, val=0.2, test=0.2, seed=4, name="a").read_bytes()
+    a = make_split(prepared, labelled=0.5, val=0.2, test=0.2, seed=3, name="a").read_bytes()
+    b = make_split(prepared, labelled=0.5, val=0.2, test=0.2, seed=3, name="a").read_bytes()
+    c = make_split(prepared, labelled=0.5, val=0.2, test=0.2, seed=4, name="a").read_bytes()
     assert a == b and a != c
 
 
 def test_no_volume_on_two_sides_and_parts_cover(prepared):
     ds = PreparedDataset(prepared)
-    s = load_split(prepared, make_split(prepared, labeled=0.5, val=0.2, test=0.2, seed=1, name="p").stem)
+    s = load_split(prepared, make_split(prepared, labelled=0.5, val=0.2, test=0.2, seed=1, name="p").stem)
     parts = s["parts"]
     train = _vols(ds, parts["labelled"]) | _vols(ds, parts["unlabelled"])
     val, test = _vols(ds, parts["val"]), _vols(ds, parts["test"])
@@ -80,15 +80,15 @@ def test_vendor_stratification(prepared):
     ds = PreparedDataset(prepared)
     vendor = {s.volume: s.vendor for s in ds.slices}
     for seed in range(5):
-        s = json.loads(make_split(prepared, labeled=1.0, val=0.34, test=0.0, seed=seed, name="v").read_text())
+        s = json.loads(make_split(prepared, labelled=1.0, val=0.34, test=0.0, seed=seed, name="v").read_text())
         counts = Counter(vendor[v] for v in s["volumes"]["val"])
         assert counts == {"cirrus": 2, "spectralis": 1, "topcon": 1}  # 4 of 12, in proportion
 
 
-def test_labeled_count_exact(prepared):
+def test_labelled_count_exact(prepared):
     ds = PreparedDataset(prepared)
     for n in (1, 4, 7):
-        s = json.loads(make_split(prepared, labeled_count=n, val=0.2, seed=2, name="n").read_text())
+        s = json.loads(make_split(prepared, labelled_count=n, val=0.2, seed=2, name="n").read_text())
         assert len(s["parts"]["labelled"]) == n
         assert ds.labelled[ds.indices(s["parts"]["labelled"])].all()
     # 7 = 3 + 3 + 1: the last volume's first labelled B-scan only; its others are unlabelled
@@ -97,24 +97,24 @@ def test_labeled_count_exact(prepared):
     last = next(v for v, c in vols.items() if c == 1)
     ids = [x.id for x in ds.slices if x.volume == last]
     assert ids[0] in s["parts"]["labelled"] and set(ids[1:]) <= set(s["parts"]["unlabelled"])
-    with pytest.raises(DataError, match="labeled_count=1000"):
-        make_split(prepared, labeled_count=1000, val=0.2, seed=0)
+    with pytest.raises(DataError, match="labelled_count=1000"):
+        make_split(prepared, labelled_count=1000, val=0.2, seed=0)
 
 
 def test_bad_arguments(prepared):
     with pytest.raises(ConfigError, match="val"):
-        make_split(prepared, labeled=0.5, val=1.0)
+        make_split(prepared, labelled=0.5, val=1.0)
     with pytest.raises(ConfigError, match="val \\+ test"):
-        make_split(prepared, labeled=0.5, val=0.5, test=0.5)
-    with pytest.raises(ConfigError, match="labeled"):
-        make_split(prepared, labeled=1.5, val=0.1)
+        make_split(prepared, labelled=0.5, val=0.5, test=0.5)
+    with pytest.raises(ConfigError, match="labelled"):
+        make_split(prepared, labelled=1.5, val=0.1)
     with pytest.raises(DataError, match="too few labelled volumes"):
-        make_split(prepared, labeled=0.5, val=0.6, test=0.39)
+        make_split(prepared, labelled=0.5, val=0.6, test=0.39)
 
 
 def test_by_slice_warns_and_leaks(prepared):
     with pytest.warns(UserWarning, match="leak"):
-        p = make_split(prepared, labeled=1.0, val=0.3, seed=0, by="slice", name="s")
+        p = make_split(prepared, labelled=1.0, val=0.3, seed=0, by="slice", name="s")
     s = json.loads(p.read_text())
     assert "leak" in s["warning"] and s["by"] == "slice"
     assert set(s["volumes"]["val"]) & set(s["volumes"]["labelled"])  # the leak, made visible
@@ -126,17 +126,17 @@ def test_load_split_missing(prepared):
 
 
 def test_cli_split(prepared, capsys):
-    rc = main(["split", str(prepared), "--labeled", "0.5", "--val", "0.2", "--seed", "0", "--name", "cli"])
+    rc = main(["split", str(prepared), "--labelled", "0.5", "--val", "0.2", "--seed", "0", "--name", "cli"])
     assert rc == 0
     out = capsys.readouterr().out
     assert "split written to" in out and (prepared / "splits" / "cli.json").is_file()
-    rc = main(["split", str(prepared / "missing"), "--labeled", "0.5", "--val", "0.2", "--seed", "0"])
+    rc = main(["split", str(prepared / "missing"), "--labelled", "0.5", "--val", "0.2", "--seed", "0"])
     assert rc == 2 and "missing" in capsys.readouterr().err
 
 
 def test_real_duke_split(shared_data, tmp_path):
     ds = prepare_dataset(shared_data / "duke-dme-train", tmp_path / "duke", size=(64, 96), progress=False)
-    s = json.loads(make_split(ds, labeled=0.5, val=0.2, seed=0).read_text())
+    s = json.loads(make_split(ds, labelled=0.5, val=0.2, seed=0).read_text())
     assert len(s["volumes"]["val"]) == 1 and len(s["volumes"]["labelled"]) == 2
     assert {k: len(v) for k, v in s["parts"].items()} == {"labelled": 22, "unlabelled": 22, "val": 11, "test": 0}
 
@@ -147,11 +147,11 @@ def test_split_names_encode_their_parameters(prepared):
     from octseg.config import load_config
     from octseg.training.data import _split_name
 
-    a = make_split(prepared, labeled=0.5, val=0.2, seed=3)
-    b = make_split(prepared, labeled=0.5, val=0.2, seed=4)
-    c = make_split(prepared, labeled_count=7, val=0.2, test=0.1, seed=3)
+    a = make_split(prepared, labelled=0.5, val=0.2, seed=3)
+    b = make_split(prepared, labelled=0.5, val=0.2, seed=4)
+    c = make_split(prepared, labelled_count=7, val=0.2, test=0.1, seed=3)
     assert (a.stem, b.stem, c.stem) == ("volume-l0.5-v0.2-t0-s3", "volume-l0.5-v0.2-t0-s4", "volume-n7-v0.2-t0.1-s3")
-    cfg = load_config(None, [f"data.path={prepared}", "data.labeled=0.5", "data.val=0.2", "seed=3"])
+    cfg = load_config(None, [f"data.path={prepared}", "data.labelled=0.5", "data.val=0.2", "seed=3"])
     assert _split_name(cfg) == a.stem
     assert _split_name(load_config(None, ["data.split=mine"])) == "mine"
 
@@ -160,9 +160,9 @@ def test_a_named_split_with_other_parameters_is_used_with_a_warning(prepared):
     from octseg.config import load_config
     from octseg.training.data import load_train_data
 
-    make_split(prepared, labeled=0.5, val=0.2, seed=3, name="theirs")
-    cfg = load_config(None, [f"data.path={prepared}", "data.split=theirs", "data.labeled=0.25", "data.val=0.2",
+    make_split(prepared, labelled=0.5, val=0.2, seed=3, name="theirs")
+    cfg = load_config(None, [f"data.path={prepared}", "data.split=theirs", "data.labelled=0.25", "data.val=0.2",
                              "seed=3"])
-    with pytest.warns(UserWarning, match=r"data.split='theirs' exists and is used as written: labeled 0.5"):
+    with pytest.warns(UserWarning, match=r"data.split='theirs' exists and is used as written: labelled 0.5"):
         data = load_train_data(cfg)
     assert data.split["name"] == "theirs"

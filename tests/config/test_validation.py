@@ -18,7 +18,7 @@ from octseg.config import RECIPES, Config, load_config, validate_config
 from octseg.config.validation import _RULES, _get
 from octseg.errors import CheckpointError, ConfigError
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def _config_error(overrides, recipe=None) -> str:
@@ -33,9 +33,9 @@ def _config_error(overrides, recipe=None) -> str:
 
 BAD_VALUES = [
     # data
-    ("data.labeled_batch", 0), ("data.labeled_batch", -2), ("data.unlabeled_batch", -1),
-    ("data.labeled", 0), ("data.labeled", 1.5), ("data.labeled", -0.1), ("data.labeled", "nan"),
-    ("data.labeled_count", 0), ("data.labeled_count", -5),
+    ("data.labelled_batch", 0), ("data.labelled_batch", -2), ("data.unlabelled_batch", -1),
+    ("data.labelled", 0), ("data.labelled", 1.5), ("data.labelled", -0.1), ("data.labelled", "nan"),
+    ("data.labelled_count", 0), ("data.labelled_count", -5),
     ("data.val", 1.0), ("data.val", -0.1), ("data.val", "nan"), ("data.test", 1), ("data.test", -0.2),
     ("data.split_by", "patient"), ("data.layout", "nifti"), ("data.size", "[16,64]"), ("data.size", "[64]"),
     ("data.size", "[64,64,64]"), ("data.split", "../elsewhere"), ("data.volume_regex", "'('"),
@@ -94,7 +94,7 @@ def test_bad_value_names_its_key(key, value):
     (["trainer.max_epochs=-1", "trainer.max_steps=-1"], ["never end"]),
     (["data.val=0.5", "data.test=0.5"], ["data.val", "data.test"]),
     (["data.val=0.7", "data.test=0.4"], ["data.val", "data.test"]),
-    (["data.labeled=null", "data.labeled_count=null"], ["data.labeled", "data.labeled_count"]),
+    (["data.labelled=null", "data.labelled_count=null"], ["data.labelled", "data.labelled_count"]),
     (["loss.dice_weight=0", "loss.other_weight=0"], ["loss.dice_weight", "loss.other_weight"]),
     (["trainer.accelerator=cpu", "trainer.devices=[0,1]"], ["trainer.devices", "cpu"]),
     (["trainer.accelerator=cpu", "trainer.devices=-1"], ["trainer.devices", "cpu"]),
@@ -111,10 +111,10 @@ def test_values_that_only_fail_together(overrides, keys):
 
 
 def test_several_bad_values_in_one_line():
-    msg = _config_error(["data.labeled_batch=0", "optim.lr=nan", "trainer.precision=17", "trainer.devices=0"])
-    for key in ("data.labeled_batch=0", "optim.lr=nan", "trainer.precision='17'", "trainer.devices=0"):
+    msg = _config_error(["data.labelled_batch=0", "optim.lr=nan", "trainer.precision=17", "trainer.devices=0"])
+    for key in ("data.labelled_batch=0", "optim.lr=nan", "trainer.precision='17'", "trainer.devices=0"):
         assert key in msg
-    assert msg.startswith("data.labeled_batch=0: must be an integer >= 1")
+    assert msg.startswith("data.labelled_batch=0: must be an integer >= 1")
 
 
 def test_messages_say_what_is_allowed():
@@ -134,9 +134,9 @@ def test_messages_say_what_is_allowed():
     ["trainer.devices='1'"], ["trainer.accelerator=cpu", "trainer.devices=2"],
     ["trainer.precision=bf16-mixed"], ["trainer.precision=16"], ["trainer.precision=64-true"],
     ["trainer.precision=auto"], ["trainer.max_minutes=0.5"], ["trainer.strategy=ddp"],
-    ["data.labeled=null", "data.labeled_count=5"], ["data.labeled=1.0"], ["data.val=0", "data.test=0"],
+    ["data.labelled=null", "data.labelled_count=5"], ["data.labelled=1.0"], ["data.val=0", "data.test=0"],
     ["data.size=[32,48]"], ["data.size=null"], ["data.split="], ["data.split=fold-1.v2"],
-    ["data.volume_regex='(?P<volume>[a-z]+)_(?P<slice>[0-9]+)'"], ["data.unlabeled_batch=0"],
+    ["data.volume_regex='(?P<volume>[a-z]+)_(?P<slice>[0-9]+)'"], ["data.unlabelled_batch=0"],
     ["model.encoder=tu-resnet10t", "model.encoder_depth=3", "model.decoder_channels=[32,16,8]"],
     ["model.arch=unetplusplus"], ["model.arch=FPN", "model.encoder_depth=3"], ["model.encoder_weights=none"],
     ["model.encoder_weights=imagenet"], ["model.encoder=vgg19_bn"],
@@ -157,7 +157,7 @@ def test_encoder_weights_file_must_exist(tmp_path):
 
 
 @pytest.mark.parametrize("section,field,value", [
-    ("data", "labeled_batch", True), ("data", "val", float("nan")), ("optim", "lr", float("inf")),
+    ("data", "labelled_batch", True), ("data", "val", float("nan")), ("optim", "lr", float("inf")),
     ("trainer", "max_epochs", 2.5), ("trainer", "deterministic", "yes"), ("loss", "name", None),
     ("method", "name", ["mean_teacher"]), ("model", "arch", None), ("augment", "hflip", "0.5"),
 ])
@@ -198,12 +198,12 @@ def test_shipped_recipes_found():
 
 def test_cli_train_bad_value_exits_2_with_one_line(tmp_path, capsys):
     rc = cli.main(["train", str(REPO / "configs" / "demo_cpu.yaml"), f"data.path={tmp_path / 'data'}",
-                   "data.labeled_batch=0", "--out", str(tmp_path / "run")])
+                   "data.labelled_batch=0", "--out", str(tmp_path / "run")])
     out, err = capsys.readouterr()
     assert rc == 2
     lines = err.strip().splitlines()
     assert len(lines) == 1, err
-    assert "data.labeled_batch=0" in lines[0] and "Traceback" not in err
+    assert "data.labelled_batch=0" in lines[0] and "Traceback" not in err
     assert not (tmp_path / "run").exists()  # nothing written for a config that cannot run
 
 
@@ -323,3 +323,16 @@ def test_damaged_checkpoint_cli_predict_exits_2(clean_checkpoint, tmp_path, caps
     good = _save_edited(clean_checkpoint, None, tmp_path / "good.ckpt")
     assert cli.main(["predict", str(good), str(image), str(tmp_path / "out-good"), "--device", "cpu"]) == 0
 
+
+
+@pytest.mark.parametrize("old,new", [("data.labeled", "labelled"), ("data.labeled_batch", "labelled_batch"),
+                                     ("data.unlabeled_batch", "unlabelled_batch")])
+def test_old_labeled_spelling_still_works_with_a_warning(old, new, tmp_path):
+    value = 0.5 if new == "labelled" else 3
+    with pytest.warns(UserWarning, match=f"now spelt 'data.{new}'"):
+        cfg = load_config(None, [f"{old}={value}"])
+    assert getattr(cfg.data, new) == value
+    recipe = tmp_path / "old.yaml"
+    recipe.write_text(f"data:\n  {old.split('.')[1]}: {value}\n")
+    with pytest.warns(UserWarning, match=f"now spelt 'data.{new}'"):
+        assert getattr(load_config(recipe).data, new) == value

@@ -116,7 +116,7 @@ def test_dice_ce_against_reference_and_ignore():
 
 
 def test_losses_expect_logits_not_probabilities():
-    # Feeding softmax outputs (the seed's bug) gives a different, flatter loss than the logits.
+    # Feeding softmax outputs (the original project's bug) gives a different, flatter loss than the logits.
     torch.manual_seed(2)
     logits, target = torch.randn(2, 4, 8, 8) * 4, torch.randint(0, 4, (2, 8, 8))
     loss = SegmentationLoss(LossConfig(), 4)
@@ -149,7 +149,7 @@ def test_unknown_config_key_suggests_nearest(tmp_path):
 
 
 def test_config_types_and_recipes():
-    cfg = load_config("seed_mean_teacher_vgg19bn", ["trainer.max_epochs=3", "data.size=[128,96]", "data.path=/x"])
+    cfg = load_config("original_mean_teacher_vgg19bn", ["trainer.max_epochs=3", "data.size=[128,96]", "data.path=/x"])
     assert cfg.model.encoder == "vgg19_bn" and cfg.trainer.max_epochs == 3 and cfg.data.size == [128, 96]
     assert cfg.method.ema_decay == 0.999 and cfg.method.consistency_weight == 10
     with pytest.raises(ConfigError, match="integer"):
@@ -210,8 +210,8 @@ def tiny_prepared(tmp_path_factory):
 
 def _tiny_overrides(path, **extra):
     o = {
-        "data.path": str(path), "data.labeled": 0.5, "data.val": 0.2, "data.labeled_batch": 2,
-        "data.unlabeled_batch": 2, "model.encoder": TINY_MODEL["encoder"], "model.encoder_depth": 3,
+        "data.path": str(path), "data.labelled": 0.5, "data.val": 0.2, "data.labelled_batch": 2,
+        "data.unlabelled_batch": 2, "model.encoder": TINY_MODEL["encoder"], "model.encoder_depth": 3,
         "model.decoder_channels": "[32,16,8]", "optim.name": "adamw", "optim.lr": 3e-3, "optim.scheduler": "none",
         "trainer.steps_per_epoch": 4, "trainer.max_epochs": 2, "trainer.progress": False, "trainer.precision": "32",
         "method.consistency_rampup_epochs": 1, "trainer.log_every_n_steps": 1,
@@ -355,6 +355,11 @@ def test_demo_pipeline_quick(tmp_path):
     t0 = time.monotonic()
     run_demo(tmp_path / "demo", quick=True)
     assert time.monotonic() - t0 < 30
+    # ... but never for another seed: its data and runs would belong to seed 0
+    from octseg.errors import DataError
+
+    with pytest.raises(DataError, match="holds the demo made with"):
+        run_demo(tmp_path / "demo", quick=True, seed=1)
 
 
 def test_train_cli_reports_config_errors(tmp_path, capsys):
