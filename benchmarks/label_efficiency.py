@@ -268,7 +268,7 @@ def main(argv=None) -> int:
                                    f"seed={seed}", f"trainer.max_epochs={epochs}",
                                    f"trainer.steps_per_epoch={steps}", "trainer.progress=false",
                                    f"trainer.max_minutes={args.minutes}", f"name=le-f{f:g}-s{seed}-{method}",
-                                   f"method.consistency_rampup_epochs={max(1, round(epochs / 4))}",
+                                   f"method.mean_teacher.consistency_rampup_epochs={max(1, round(epochs / 4))}",
                                    *args.overrides])
         print(f"\n[{i}/{len(plan)}] fraction {f:.0%} ({len(lab)} volumes), seed {seed}, {method} -> {run_dir}")
         t0 = time.time()

@@ -21,7 +21,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "src"))
 
 from benchmarks._common import print_table, write_results  # noqa: E402
-from octseg.data.types import Spacing  # noqa: E402
+from octseg.records import Spacing  # noqa: E402
 from octseg.metrics import MetricAccumulator, confusion_per_image, segmentation_report  # noqa: E402
 
 TARGET_S = 10.0

@@ -113,7 +113,8 @@ def cmd_predict(a) -> int:
     from octseg.errors import DataError
     from octseg.inference.postprocess import parse_min_sizes
     from octseg.inference.predictor import Predictor
-    from octseg.inference.run import claim_output, format_summary, plan_inputs, predict_path
+    from octseg.inference.inputs import plan_inputs
+    from octseg.inference.run import claim_output, format_summary, predict_path
 
     t0 = time.perf_counter()
     jobs, notes = plan_inputs(a.input)  # a bad INPUT or OUT fails before the model loads
@@ -124,12 +125,31 @@ def cmd_predict(a) -> int:
         for n in notes:
             print(f"note: {n}", file=sys.stderr)
         load_s = time.perf_counter() - t0
-        run = predict_path(predictor, a.input, a.out, fmt=a.format, jobs=jobs, folder=folder)
+        run = predict_path(predictor, a.input, a.out, fmt=a.format, jobs=jobs, folder=folder,
+                           keep_images=a.report)
+        report = None
+        if a.report and run.n_bscans:
+            from octseg.report.prediction import write_prediction_report
+
+            report = write_prediction_report(a.out, folder=folder, images=run.images,
+                                             spacings={v: d["spacing"] for v, d in run.volumes.items()})
+            run.images = None
     print(format_summary(run, predictor))
     print(f"(model loaded in {load_s:.1f} s)")
+    if report is not None:
+        print(f"report written to {report.path} ({report.size_bytes / 1e6:.1f} MB in {report.seconds:.1f} s)")
     if run.n_bscans == 0:
         raise DataError(a.input, f"none of the {len(jobs)} input(s) could be predicted")
     return 1 if run.failures else 0
+
+
+def cmd_report(a) -> int:
+    from octseg.report import write_report
+
+    r = write_report(a.path, out=a.out, overwrite=a.overwrite)
+    extra = f" ({r.size_bytes / 1e6:.1f} MB in {r.seconds:.1f} s)" if hasattr(r, "size_bytes") else ""
+    print(f"report written to {r.path}{extra}")
+    return 0
 
 
 def cmd_export(a) -> int:
@@ -233,8 +253,20 @@ def build_parser() -> argparse.ArgumentParser:
                    help="which network of a Mean Teacher checkpoint (default: the checkpoint's, the teacher)")
     p.add_argument("--min-size", action="append", default=[], metavar="CLASS=PIXELS",
                    help="remove connected components smaller than PIXELS of CLASS (name or index); repeatable")
+    p.add_argument("--report", action="store_true",
+                   help="also write OUT/report.html: a self-contained page with a viewer per volume")
     p.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
     p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("report", help="write a self-contained HTML report of a prediction, a training run "
+                                      "or a benchmark JSON")
+    p.add_argument("path", type=Path, help="an octseg predict OUT folder (-> OUT/report.html), a training run "
+                                           "folder (-> RUN/report.html) or a benchmark JSON file")
+    p.add_argument("--out", type=Path, default=None,
+                   help="the HTML file for a benchmark JSON (default: beside it, NAME.html)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an existing --out file that octseg did not write")
+    p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("export", help="export a checkpoint to ONNX")
     p.add_argument("checkpoint", type=Path)

@@ -18,7 +18,7 @@ import numpy as np
 
 from octseg import __version__
 from octseg.constants import UNLABELLED
-from octseg.data.types import Spacing
+from octseg.records import Spacing
 from octseg.errors import ConfigError, DataError
 
 __all__ = ["evaluate", "evaluate_model", "format_evaluation", "write_json"]

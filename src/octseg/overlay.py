@@ -16,17 +16,19 @@ from typing import Optional, Sequence
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-#: RGB per class index: 0 background (not drawn), then IRF red, SRF yellow, PED blue; more
-#: classes cycle through further distinct colours. With (background, fluid), fluid is red.
+#: RGB per class index, the Okabe–Ito colour-blind-safe palette: 0 background (not drawn), then
+#: IRF orange, SRF sky blue, PED bluish green; more classes cycle through yellow, blue, vermillion
+#: and reddish purple. With (background, fluid), fluid is orange. The HTML report's viewer
+#: (octseg.report) draws masks with this same table, so PNG overlays and the viewer agree.
 CLASS_COLOURS: np.ndarray = np.array([
     (0, 0, 0),
-    (255, 60, 60),
-    (255, 210, 0),
-    (40, 140, 255),
-    (0, 210, 120),
-    (220, 60, 220),
-    (0, 210, 230),
-    (255, 140, 0),
+    (230, 159, 0),
+    (86, 180, 233),
+    (0, 158, 115),
+    (240, 228, 66),
+    (0, 114, 178),
+    (213, 94, 0),
+    (204, 121, 167),
 ], dtype=np.uint8)
 
 DEFAULT_ALPHA = 0.45

@@ -59,9 +59,9 @@ BAD_VALUES = [
     ("loss.class_weights", "[1,-1,1,1]"), ("loss.class_weights", "[0,0,0,0]"), ("loss.class_weights", "[1,nan,1,1]"),
     ("loss.class_weights", "[]"),
     # method
-    ("method.name", "fixmatch"), ("method.name", "MeanTeacher"), ("method.ema_decay", 1.5),
-    ("method.ema_decay", -0.1), ("method.ema_decay_rampup", "nan"), ("method.consistency_weight", -1),
-    ("method.consistency_weight", "inf"), ("method.consistency_rampup_epochs", -1), ("method.noise_std", -0.1),
+    ("method.name", "fixmatchx"), ("method.name", "MeanTeacher"), ("method.mean_teacher.ema_decay", 1.5),
+    ("method.mean_teacher.ema_decay", -0.1), ("method.mean_teacher.ema_decay_rampup", "nan"), ("method.mean_teacher.consistency_weight", -1),
+    ("method.mean_teacher.consistency_weight", "inf"), ("method.mean_teacher.consistency_rampup_epochs", -1), ("method.mean_teacher.noise_std", -0.1),
     # model
     ("model.arch", "Unet3D"), ("model.arch", "''"), ("model.encoder", "resnet5"), ("model.encoder", "tu-nosuchnet"),
     ("model.encoder_weights", "imagenet21k"), ("model.encoder_weights", "/no/such/weights.pth"),
@@ -119,8 +119,8 @@ def test_several_bad_values_in_one_line():
 
 def test_messages_say_what_is_allowed():
     assert "one of auto, cpu, gpu, cuda, mps, tpu" in _config_error(["trainer.accelerator=tpux"])
-    assert "fixmatch" in _config_error(["method.name=fixmatch"]) and "mean_teacher, supervised" in _config_error(
-        ["method.name=fixmatch"])
+    assert "fixmatchx" in _config_error(["method.name=fixmatchx"]) and "fixmatch, mean_teacher, supervised" in \
+        _config_error(["method.name=fixmatchx"])
     assert "adam, adamw, sgd" in _config_error(["optim.name=lion"])
     assert "resnet50" in _config_error(["model.encoder=resnet5"])  # the nearest names
     assert "Unet" in _config_error(["model.arch=Unet3D"])
@@ -142,7 +142,8 @@ def test_messages_say_what_is_allowed():
     ["model.encoder_weights=imagenet"], ["model.encoder=vgg19_bn"],
     ["optim.momentum=0"], ["optim.weight_decay=0"], ["optim.plateau_patience=0"], ["optim.scheduler=poly"],
     ["loss.class_weights=[1,2,2,0]"], ["loss.dice_weight=0"], ["method.name=supervised"],
-    ["method.ema_decay=1"], ["method.consistency_weight=0"], ["augment.hflip=1"], ["augment.enabled=false"],
+    ["method.mean_teacher.ema_decay=1"], ["method.mean_teacher.consistency_weight=0"],
+    ["method.name=fixmatch", "method.fixmatch.threshold=0.8"], ["augment.hflip=1"], ["augment.enabled=false"],
 ])
 def test_valid_values_pass(overrides):
     load_config(None, overrides)
@@ -173,13 +174,17 @@ def test_every_field_is_checked():
     """A new config field without a rule fails here (model names and method.name need their registries)."""
     covered = {key for key, _ in _RULES} | {"model.arch", "model.encoder", "model.encoder_weights",
                                            "model.decoder_channels", "method.name"}
-    cfg, fields = Config(), set()
-    for f in dataclasses.fields(cfg):
-        section = getattr(cfg, f.name)
-        if dataclasses.is_dataclass(section):
-            fields |= {f"{f.name}.{g.name}" for g in dataclasses.fields(section)}
-        else:
-            fields.add(f.name)
+    fields: set = set()
+
+    def walk(obj, prefix):  # leaves of the config tree (method sections are nested one level more)
+        for f in dataclasses.fields(obj):
+            value = getattr(obj, f.name)
+            if dataclasses.is_dataclass(value):
+                walk(value, f"{prefix}{f.name}.")
+            else:
+                fields.add(prefix + f.name)
+
+    walk(Config(), "")
     assert len(fields) > 60
     assert fields - covered == set()
     for key, _ in _RULES:  # and no rule names a field that does not exist
@@ -329,10 +334,19 @@ def test_damaged_checkpoint_cli_predict_exits_2(clean_checkpoint, tmp_path, caps
                                      ("data.unlabeled_batch", "unlabelled_batch")])
 def test_old_labeled_spelling_still_works_with_a_warning(old, new, tmp_path):
     value = 0.5 if new == "labelled" else 3
-    with pytest.warns(UserWarning, match=f"now spelt 'data.{new}'"):
+    with pytest.warns(UserWarning, match=f"is now 'data.{new}'"):
         cfg = load_config(None, [f"{old}={value}"])
     assert getattr(cfg.data, new) == value
     recipe = tmp_path / "old.yaml"
     recipe.write_text(f"data:\n  {old.split('.')[1]}: {value}\n")
-    with pytest.warns(UserWarning, match=f"now spelt 'data.{new}'"):
+    with pytest.warns(UserWarning, match=f"is now 'data.{new}'"):
         assert getattr(load_config(recipe).data, new) == value
+
+
+def test_old_flat_mean_teacher_keys_move_to_their_section(tmp_path):
+    recipe = tmp_path / "old.yaml"
+    recipe.write_text("method:\n  name: mean_teacher\n  ema_decay: 0.9\n  consistency_weight: 2.0\n")
+    with pytest.warns(UserWarning, match="'method.ema_decay' is now 'method.mean_teacher.ema_decay'"):
+        cfg = load_config(recipe, ["method.noise_std=0.2"])
+    assert (cfg.method.mean_teacher.ema_decay, cfg.method.mean_teacher.consistency_weight,
+            cfg.method.mean_teacher.noise_std) == (0.9, 2.0, 0.2)

@@ -8,7 +8,7 @@ import pytest
 from fakes import write_png_folder
 
 from octseg.data.readers import scan_source
-from octseg.data.types import Spacing
+from octseg.records import Spacing
 from octseg.errors import DataError
 from octseg.io.tables import read_class_names, read_volumes_csv, write_volumes_csv
 

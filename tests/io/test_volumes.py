@@ -13,7 +13,7 @@ from fakes import write_mhd, write_retouch_case
 
 from octseg.data.prepare import prepare_dataset
 from octseg.data.readers import scan_source
-from octseg.data.types import Spacing
+from octseg.records import Spacing
 from octseg.errors import DataError
 from octseg.io import volumes
 from octseg.io.outputs import TMP_PREFIX

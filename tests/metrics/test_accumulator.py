@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
-from octseg.data.types import Spacing
+from octseg.records import Spacing
 from octseg.metrics import MetricAccumulator, segmentation_report
 
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 from _labelmaps import K, random_maps
 
-from octseg.data.types import Spacing
+from octseg.records import Spacing
 from octseg.metrics import (
     confusion_matrix_torch,
     confusion_per_image,

@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
-from octseg.data.types import Spacing
+from octseg.records import Spacing
 from octseg.metrics import (
     confusion_per_image,
     format_table,

@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from octseg.data.types import Spacing
+from octseg.records import Spacing
 from octseg.metrics import MetricAccumulator, retouch_volume_metrics
 
 

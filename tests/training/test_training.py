@@ -15,7 +15,7 @@ from octseg.errors import ConfigError
 from octseg.losses import LossConfig, SegmentationLoss, WeightedDiceLoss, sigmoid_rampup, softmax_mse
 from octseg.methods import MethodConfig, build_method
 from octseg.methods.base import StepContext
-from octseg.methods.mean_teacher import ema_alpha, ema_update
+from octseg.methods.mean_teacher import MeanTeacherConfig, ema_alpha, ema_update
 
 
 # ----------------------------------------------------------------------------- schedules
@@ -54,7 +54,7 @@ def test_ema_update_by_hand():
 def test_mean_teacher_updates_teacher_after_each_step():
     torch.manual_seed(0)
     student = torch.nn.Conv2d(1, 3, 1)
-    mt = build_method(MethodConfig(name="mean_teacher", consistency_rampup_epochs=5), student,
+    mt = build_method(MethodConfig(name="mean_teacher", mean_teacher=MeanTeacherConfig(consistency_rampup_epochs=5)), student,
                       SegmentationLoss(LossConfig(), 3))
     before = mt.teacher.weight.detach().clone()
     with torch.no_grad():
@@ -66,7 +66,8 @@ def test_mean_teacher_updates_teacher_after_each_step():
 
 
 def test_consistency_weight_ramps():
-    mt = build_method(MethodConfig(name="mean_teacher", consistency_weight=10, consistency_rampup_epochs=5),
+    mt = build_method(MethodConfig(name="mean_teacher",
+                                   mean_teacher=MeanTeacherConfig(consistency_weight=10, consistency_rampup_epochs=5)),
                       torch.nn.Conv2d(1, 3, 1), SegmentationLoss(LossConfig(), 3))
     assert mt.consistency_weight(0) == pytest.approx(10 * math.exp(-5))
     assert mt.consistency_weight(5) == pytest.approx(10)
@@ -151,7 +152,7 @@ def test_unknown_config_key_suggests_nearest(tmp_path):
 def test_config_types_and_recipes():
     cfg = load_config("original_mean_teacher_vgg19bn", ["trainer.max_epochs=3", "data.size=[128,96]", "data.path=/x"])
     assert cfg.model.encoder == "vgg19_bn" and cfg.trainer.max_epochs == 3 and cfg.data.size == [128, 96]
-    assert cfg.method.ema_decay == 0.999 and cfg.method.consistency_weight == 10
+    assert cfg.method.mean_teacher.ema_decay == 0.999 and cfg.method.mean_teacher.consistency_weight == 10
     with pytest.raises(ConfigError, match="integer"):
         load_config(None, ["trainer.max_epochs=three"])
 
@@ -214,7 +215,7 @@ def _tiny_overrides(path, **extra):
         "data.unlabelled_batch": 2, "model.encoder": TINY_MODEL["encoder"], "model.encoder_depth": 3,
         "model.decoder_channels": "[32,16,8]", "optim.name": "adamw", "optim.lr": 3e-3, "optim.scheduler": "none",
         "trainer.steps_per_epoch": 4, "trainer.max_epochs": 2, "trainer.progress": False, "trainer.precision": "32",
-        "method.consistency_rampup_epochs": 1, "trainer.log_every_n_steps": 1,
+        "method.mean_teacher.consistency_rampup_epochs": 1, "trainer.log_every_n_steps": 1,
     }
     o.update(extra)
     return [f"{k}={v}" for k, v in o.items()]
@@ -226,7 +227,7 @@ def _final_state(run_dir):
     return safe_load(run_dir / "checkpoints" / "last.ckpt")
 
 
-@pytest.mark.parametrize("method", ["supervised", "mean_teacher"])
+@pytest.mark.parametrize("method", ["supervised", "mean_teacher", "fixmatch"])
 def test_short_run_loss_falls_and_writes_run_folder(tiny_prepared, tmp_path, method):
     import csv
 
@@ -249,11 +250,13 @@ def test_short_run_loss_falls_and_writes_run_folder(tiny_prepared, tmp_path, met
     assert ck["octseg"]["method"] == method and ck["octseg"]["default_weights"] in expected
 
 
-def test_resume_equals_uninterrupted_run(tiny_prepared, tmp_path):
+@pytest.mark.parametrize("method", ["mean_teacher", "fixmatch"])
+def test_resume_equals_uninterrupted_run(tiny_prepared, tmp_path, method):
     from octseg.training.run import train
 
     torch.set_num_threads(1)
-    base = _tiny_overrides(tiny_prepared, **{"method.name": "mean_teacher", "optim.scheduler": "plateau"})
+    base = _tiny_overrides(tiny_prepared, **{"method.name": method, "optim.scheduler": "plateau",
+                                             "method.fixmatch.threshold": 0.3})
     full = train(load_config(None, base + ["trainer.max_epochs=2"]), out_dir=tmp_path / "full")
     # "killed" after epoch 1, then resumed to epoch 2
     train(load_config(None, base + ["trainer.max_epochs=1"]), out_dir=tmp_path / "split")

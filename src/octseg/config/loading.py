@@ -87,25 +87,45 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     return value
 
 
-#: Keys spelt "labeled" before octseg 0.2: still accepted, with a warning naming the new spelling.
-RENAMED_KEYS = {f"data.{old}": f"data.{old.replace('labeled', 'labelled')}"
-                for old in ("labeled", "labeled_count", "labeled_batch", "unlabeled_batch", "extra_unlabeled")}
+#: Keys of octseg < 0.2, still accepted with a warning naming the new key: "labeled" is spelt
+#: "labelled", and Mean Teacher's options moved into their own section ``method.mean_teacher``.
+RENAMED_KEYS = {
+    **{f"data.{old}": f"data.{old.replace('labeled', 'labelled')}"
+       for old in ("labeled", "labeled_count", "labeled_batch", "unlabeled_batch", "extra_unlabeled")},
+    **{f"method.{key}": f"method.mean_teacher.{key}"
+       for key in ("ema_decay_rampup", "ema_decay", "consistency_weight", "consistency_rampup_epochs", "noise_std",
+                   "consistency_on_labelled")},
+}
 
 
-def _current_key(where: str, key: str) -> str:
-    new = RENAMED_KEYS.get(where + key)
+def _current_key(old: str) -> str:
+    """The dotted key ``old`` as it is spelt now (with a warning when it was renamed)."""
+    new = RENAMED_KEYS.get(old)
     if new is None:
-        return key
-    warnings.warn(f"config key {where + key!r} is now spelt {new!r}; the old spelling still works for now",
-                  UserWarning, stacklevel=4)
-    return new.rsplit(".", 1)[1]
+        return old
+    warnings.warn(f"config key {old!r} is now {new!r}; the old key still works for now", UserWarning, stacklevel=4)
+    return new
+
+
+def _renamed(data: dict, where: str) -> dict:
+    """A section's mapping with renamed keys moved to their new place (possibly a sub-section)."""
+    out: dict = {}
+    for k, v in data.items():
+        parts = _current_key(where + k)[len(where):].split(".") if isinstance(k, str) else [k]
+        node = out
+        for p in parts[:-1]:
+            node = node.setdefault(p, {}) if isinstance(node.get(p, {}), dict) else node
+        if isinstance(v, dict) and isinstance(node.get(parts[-1]), dict):
+            node[parts[-1]].update(v)  # a section also reached through moved keys
+        else:
+            node[parts[-1]] = v
+    return out
 
 
 def _build(cls, data: dict, where: str = ""):
     types = _field_types(cls)
     kwargs = {}
-    for k, v in (data or {}).items():
-        k = _current_key(where, k)
+    for k, v in _renamed(data or {}, where).items():
         if k not in types:
             raise _unknown_key(k, types, where)
         kwargs[k] = _coerce(v, types[k], where + k)
@@ -117,12 +137,11 @@ def config_to_dict(cfg) -> dict:
 
 
 def _set_dotted(data: dict, dotted: str, value: Any) -> None:
-    parts = dotted.split(".")
+    parts = _current_key(dotted).split(".")
     cls = Config
     node = data
     for i, part in enumerate(parts):
         types = _field_types(cls)
-        part = parts[i] = _current_key(".".join(parts[:i]) + ("." if i else ""), part)
         if part not in types:
             raise _unknown_key(part, types, ".".join(parts[:i]) + ("." if i else ""))
         if i == len(parts) - 1:

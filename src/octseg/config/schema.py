@@ -9,7 +9,7 @@ from typing import Optional, Union
 
 from octseg.data.augment import AugmentConfig
 from octseg.losses import LossConfig
-from octseg.methods.base import MethodConfig
+from octseg.methods import MethodConfig
 from octseg.models import ModelConfig
 
 

@@ -12,7 +12,7 @@ from typing import Any, Callable, Optional
 from octseg.config.schema import Config
 from octseg.errors import ConfigError
 from octseg.losses import LOSSES
-from octseg.training.optim import OPTIMIZERS, SCHEDULERS
+from octseg.optim import OPTIMIZERS, SCHEDULERS
 
 
 # ----------------------------------------------------------------------------- validation
@@ -136,12 +136,16 @@ _RULES: list[tuple[str, Rule]] = [
                                 "null or a list of finite weights >= 0, one per class, not all 0")),
     ("loss.focal_gamma", NON_NEGATIVE),
     # method (name: the registry, in _check_method); the rest are Mean Teacher's
-    ("method.ema_decay_rampup", PROBABILITY),  # EMA alphas: teacher = a * teacher + (1 - a) * student
-    ("method.ema_decay", PROBABILITY),
-    ("method.consistency_weight", NON_NEGATIVE),
-    ("method.consistency_rampup_epochs", NON_NEGATIVE),
-    ("method.noise_std", NON_NEGATIVE),
-    ("method.consistency_on_labelled", FLAG),
+    ("method.mean_teacher.ema_decay_rampup", PROBABILITY),  # EMA alphas: teacher = a * teacher + (1 - a) * student
+    ("method.mean_teacher.ema_decay", PROBABILITY),
+    ("method.mean_teacher.consistency_weight", NON_NEGATIVE),
+    ("method.mean_teacher.consistency_rampup_epochs", NON_NEGATIVE),
+    ("method.mean_teacher.noise_std", NON_NEGATIVE),
+    ("method.mean_teacher.consistency_on_labelled", FLAG),
+    ("method.mean_teacher.strong", FLAG),
+    ("method.fixmatch.threshold", PROBABILITY),
+    ("method.fixmatch.weight", NON_NEGATIVE),
+    ("method.fixmatch.cutmix", FLAG),
     # optim: the names and schedulers SegmentationModule.configure_optimizers builds
     ("optim.name", one_of(*OPTIMIZERS)),
     ("optim.lr", number(0, lo_open=True)),
@@ -153,6 +157,14 @@ _RULES: list[tuple[str, Rule]] = [
     ("optim.poly_power", number(0, lo_open=True)),
     ("optim.warmup_steps", integer(0)),
     # augment: probabilities and ranges of augment_batch (images are in [0, 1])
+    ("augment.strong", FLAG),
+    ("augment.strong_brightness", PROBABILITY),
+    ("augment.strong_contrast", PROBABILITY),
+    ("augment.strong_gamma", number(0, 2)),
+    ("augment.speckle_std", number(0, 2)),
+    ("augment.blur_p", PROBABILITY),
+    ("augment.cutout_p", PROBABILITY),
+    ("augment.cutmix_p", PROBABILITY),
     ("augment.enabled", FLAG),
     ("augment.hflip", PROBABILITY),
     ("augment.rotate_deg", number(0, 180)),

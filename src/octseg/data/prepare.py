@@ -29,7 +29,7 @@ from octseg.data.prepared import (
 )
 from octseg.data.readers import scan_source
 from octseg.constants import UNLABELLED
-from octseg.data.types import DatasetSource
+from octseg.records import DatasetSource
 from octseg.errors import ConfigError, DataError
 from octseg.io.outputs import write_error
 from octseg.transforms import resize_image_u8, resize_mask_u8

@@ -22,7 +22,7 @@ from typing import Optional
 
 import numpy as np
 
-from octseg.data.types import Spacing
+from octseg.records import Spacing
 from octseg.errors import DataError
 
 FORMAT_NAME = "octseg-prepared"

@@ -27,7 +27,7 @@ import numpy as np
 
 from octseg.constants import FLUID_CLASSES, RETOUCH_CLASSES
 from octseg.data.prepared import is_prepared
-from octseg.data.types import BScan, DatasetSource, Spacing, VolumeSource
+from octseg.records import BScan, DatasetSource, Spacing, VolumeSource
 from octseg.errors import ConfigError, DataError
 from octseg.io.files import entry_kind, find_named, not_folder, regular_files, skipped_note
 from octseg.io.images import (IMAGE_EXTENSIONS, MaskEncoding, header_size, mask_array, read_image, survey_masks,

@@ -39,13 +39,20 @@ def predict_labels(
     device="cpu",
     tta: bool = False,
     out_size: Optional[tuple[int, int]] = None,
+    confidence: Optional[np.ndarray] = None,
 ) -> np.ndarray:
-    """uint8 (N, H, W) images -> uint8 (N, h, w) label maps (h, w = out_size or the input's size)."""
+    """uint8 (N, H, W) images -> uint8 (N, h, w) label maps (h, w = out_size or the input's size).
+
+    ``confidence``: an optional float (N,) array that receives each B-scan's mean maximum softmax
+    probability at the model's input size (1 = certain everywhere, 1/K = no idea)."""
     out_size = tuple(out_size or images.shape[1:])
     result = np.empty((len(images), *out_size), dtype=np.uint8)
     for sl in batched(len(images), batch):
         x = to_model_input(torch.from_numpy(np.ascontiguousarray(images[sl])).to(device), norm)
         x = resize_images(x, input_size)
-        labels = predict_logits(model, x, tta).argmax(1)
+        logits = predict_logits(model, x, tta)
+        labels = logits.argmax(1)
+        if confidence is not None:
+            confidence[sl] = logits.float().softmax(1).amax(1).mean(dim=(1, 2)).cpu().numpy()
         result[sl] = resize_labels(labels, out_size).to(torch.uint8).cpu().numpy()
     return result

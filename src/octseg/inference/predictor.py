@@ -277,15 +277,20 @@ class Predictor:
                 out[sl] = p.cpu().numpy()
         return out[0] if single else out
 
-    def predict_u8(self, images: np.ndarray, progress: Optional[Callable[[int], object]] = None) -> np.ndarray:
-        """uint8 (N, H, W) -> uint8 labels (N, H, W); the hot path of ``octseg predict``."""
+    def predict_u8(self, images: np.ndarray, progress: Optional[Callable[[int], object]] = None,
+                   confidence: Optional[np.ndarray] = None) -> np.ndarray:
+        """uint8 (N, H, W) -> uint8 labels (N, H, W); the hot path of ``octseg predict``.
+
+        ``confidence``: optional float (N,) array filled with each B-scan's mean maximum softmax
+        probability at the model's input size (before ``min_sizes`` post-processing)."""
         from octseg.inference.forward import batched, predict_labels
         from octseg.inference.postprocess import remove_small_components
 
         out = np.empty(images.shape, dtype=np.uint8)
         for sl in batched(len(images), self.batch):
             out[sl] = predict_labels(self.net, images[sl], self.normalization, self.input_size, batch=self.batch,
-                                     device=self.device, tta=self.tta)
+                                     device=self.device, tta=self.tta,
+                                     confidence=None if confidence is None else confidence[sl])
             if self.min_sizes:
                 out[sl] = remove_small_components(out[sl], self.min_sizes)
             if progress is not None:

@@ -7,7 +7,9 @@ OUT receives:
 * ``overlays/``: ``<stem>.png`` per image; ``<volume>.png`` per volume, a montage of the (up to
   8) B-scans with the most predicted fluid;
 * ``fluid.csv``: one row per (volume, class) with the voxel count and volume in mm^3 (= µL), and
-  one row per (B-scan, class) with the area in pixels and mm^2 (blank where spacing is unknown).
+  one row per (B-scan, class) with the area in pixels and mm^2 (blank where spacing is unknown);
+* ``confidence.csv``: the model's confidence per B-scan (mean maximum softmax probability at the
+  model's input size) and its mean per volume (``octseg report`` flags low-confidence volumes).
 
 OUT is claimed as an :class:`octseg.io.outputs.OutputFolder` (never the input, never over a
 user's files, one run at a time). Unreadable inputs in a folder are skipped and listed.
@@ -37,6 +39,7 @@ from octseg.io.volumes import volume_header
 MONTAGE_BSCANS = 8
 FLUID_CSV_COLUMNS = ("level", "volume", "bscan", "slice_index", "class", "pixels", "area_mm2", "volume_mm3",
                      "source")
+CONFIDENCE_CSV_COLUMNS = ("level", "volume", "bscan", "slice_index", "confidence")
 
 
 @dataclass
@@ -57,6 +60,9 @@ class PredictRun:
     seconds: float = 0.0
     timings: dict = field(default_factory=dict)  # stage -> seconds: read, infer, masks, overlays, csv
     folder: Optional[OutputFolder] = None  # the claimed OUT: every written file goes through it
+    confidence: list = field(default_factory=list)  # (volume, bscan, slice_index, mean max softmax)
+    #: with ``keep_images``: mask name -> the uint8 B-scan stack as predicted (for ``--report``)
+    images: Optional[dict] = None
 
     @contextmanager
     def timed(self, stage: str):
@@ -130,6 +136,19 @@ def _write_csv(run: PredictRun) -> Path:
     return atomic_write_text(run.folder.file("fluid.csv"), buf.getvalue())
 
 
+def _write_confidence_csv(run: PredictRun) -> Path:
+    """confidence.csv: per B-scan and (mean) per volume, written before fluid.csv."""
+    by_volume: dict = {}
+    for vol, _, _, c in run.confidence:
+        by_volume.setdefault(vol, []).append(c)
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    w.writerow(CONFIDENCE_CSV_COLUMNS)
+    w.writerows(("volume", vol, "", "", f"{float(np.mean(cs)):.4f}") for vol, cs in by_volume.items())
+    w.writerows(("bscan", vol, bid, sl, f"{c:.4f}") for vol, bid, sl, c in run.confidence)
+    return atomic_write_text(run.folder.file("confidence.csv"), buf.getvalue())
+
+
 def _save_png(run: PredictRun, rel: str, image) -> None:
     """A mask or overlay as PNG at ``OUT/rel``, recorded as octseg's and written atomically."""
     write_png(run.folder.file(rel), image)
@@ -160,11 +179,15 @@ def _do_images(run: PredictRun, predictor: Predictor, jobs: list[Job], root: Pat
     def flush():
         if not pending:
             return
+        conf = np.zeros(len(pending), np.float32)
         with run.timed("infer"):
-            labels = predictor.predict_u8(np.stack([b.image for b in pending]), progress=bar.update)
+            labels = predictor.predict_u8(np.stack([b.image for b in pending]), progress=bar.update, confidence=conf)
             counts = _class_pixels(labels, len(run.classes))
-        for b, lab, cnt in zip(pending, labels, counts):
+        for b, lab, cnt, cf in zip(pending, labels, counts, conf):
             name = _unique(run, Path(b.source).stem)
+            run.confidence.append((b.volume, name, b.slice_index, float(cf)))
+            if run.images is not None:
+                run.images[name] = b.image[None]
             sp = b.spacing or (spacings.get(b.volume) or {}).get("spacing")
             with run.timed("masks"):
                 if run.fmt_images == "png":
@@ -222,9 +245,13 @@ def _do_volume(run: PredictRun, predictor: Predictor, job: Job, bar) -> None:
         for b in vs.load():
             images[b.slice_index] = b.image
     name = _unique(run, vs.volume)
+    conf = np.zeros(S, np.float32)
     with run.timed("infer"):
-        labels = predictor.predict_u8(images, progress=bar.update)
+        labels = predictor.predict_u8(images, progress=bar.update, confidence=conf)
         counts = _class_pixels(labels, len(run.classes))
+    run.confidence.extend((name, f"{name}_{k:03d}", k, float(conf[k])) for k in range(S))
+    if run.images is not None:
+        run.images[name] = images
     sp = vs.spacing
     with run.timed("masks"):
         if run.fmt_volumes == "png":
@@ -283,14 +310,15 @@ def claim_output(out, src, overwrite: bool = False) -> OutputFolder:
 
 def predict_path(predictor: Predictor, input, out, fmt: Optional[str] = None, progress: bool = True,
                  jobs: Optional[list] = None, overwrite: bool = False,
-                 folder: Optional[OutputFolder] = None) -> PredictRun:
+                 folder: Optional[OutputFolder] = None, keep_images: bool = False) -> PredictRun:
     """Predict every image/volume under ``input`` into ``out`` (see the module docstring).
 
     ``out`` must be new, empty, or hold only an earlier ``octseg predict``'s output, which is
     replaced only with ``overwrite`` (so masks and ``fluid.csv`` always come from one run); a
     folder with files octseg did not write is refused unless ``overwrite``. Failures of single
     files in a folder are collected in the result; a bad sole input, or an output that cannot be
-    written, raises :class:`octseg.errors.DataError`.
+    written, raises :class:`octseg.errors.DataError`. ``keep_images`` keeps the predicted B-scans in
+    ``run.images`` (mask name -> uint8 stack) for an HTML report written right after the run.
     """
     out, src = Path(out), Path(input)
     if fmt not in (None, "png", "mhd", "nii"):
@@ -300,12 +328,12 @@ def predict_path(predictor: Predictor, input, out, fmt: Optional[str] = None, pr
         jobs, notes = plan_inputs(src)
     if folder is None:
         with claim_output(out, src, overwrite) as folder:
-            return predict_path(predictor, src, out, fmt, progress, jobs, folder=folder)
+            return predict_path(predictor, src, out, fmt, progress, jobs, folder=folder, keep_images=keep_images)
     from tqdm import tqdm
 
     t0 = time.perf_counter()
     run = PredictRun(out=out, classes=predictor.classes, fmt_images=fmt or "png", fmt_volumes=fmt or "mhd",
-                     folder=folder)
+                     folder=folder, images={} if keep_images else None)
     for n in notes:
         print(f"note: {n}", file=sys.stderr)
     single = len(jobs) == 1
@@ -335,6 +363,7 @@ def predict_path(predictor: Predictor, input, out, fmt: Optional[str] = None, pr
     if single and run.failures and run.n_bscans == 0:
         raise DataError(run.failures[0][0], run.failures[0][1])
     with run.timed("csv"):
+        _write_confidence_csv(run)
         _write_csv(run)
     run.seconds = time.perf_counter() - t0
     return run

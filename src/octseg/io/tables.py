@@ -14,7 +14,7 @@ import json
 from pathlib import Path
 from typing import Iterable, Optional, Sequence
 
-from octseg.data.types import Spacing
+from octseg.records import Spacing
 from octseg.errors import DataError
 from octseg.io.files import entry_kind, open_regular
 from octseg.io.outputs import atomic_write_text

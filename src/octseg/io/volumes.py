@@ -18,7 +18,7 @@ from typing import Optional
 
 import numpy as np
 
-from octseg.data.types import Spacing
+from octseg.records import Spacing
 from octseg.errors import DataError
 from octseg.io.files import entry_kind, open_regular
 from octseg.io.images import fmt_values

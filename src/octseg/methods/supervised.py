@@ -10,5 +10,5 @@ class Supervised(Method):
     uses_unlabelled = False  # the baseline never sees unlabelled B-scans
 
     def training_loss(self, x_l, y_l, x_u, ctx):
-        loss = self.supervised_loss(self.student(x_l), y_l)
+        loss = self.supervised_loss(self.student(ctx.normalise(x_l)), y_l)
         return loss, {"loss_sup": loss.detach()}

@@ -19,7 +19,7 @@ import numpy as np
 from scipy import ndimage
 
 from octseg.constants import IGNORE_INDEX
-from octseg.data.types import Spacing
+from octseg.records import Spacing
 
 __all__ = [
     "confusion_per_image",

@@ -15,11 +15,11 @@ import torch
 from octseg.checkpoint import checkpoint_meta
 from octseg.config import Config, config_to_dict
 from octseg.constants import IGNORE_INDEX
-from octseg.data.augment import augment_batch
+from octseg.data.augment import Augmenter, augment_batch
 from octseg.losses import SegmentationLoss
 from octseg.methods import StepContext, build_method
 from octseg.metrics.functional import confusion_matrix_torch, dice_from_confusion_torch
-from octseg.training.optim import configure_optimization
+from octseg.optim import configure_optimization
 from octseg.transforms import normalise, resize_images, resize_labels
 
 
@@ -34,6 +34,7 @@ class SegmentationModule(L.LightningModule):
         if cfg.trainer.channels_last:
             network = network.to(memory_format=torch.channels_last)
         self.method = build_method(cfg.method, network, SegmentationLoss(cfg.loss, self.num_classes))
+        self.augmenter = Augmenter(cfg.augment)
         self._val_conf: dict[str, torch.Tensor] = {}
 
     # -- batch preparation on the device
@@ -50,24 +51,42 @@ class SegmentationModule(L.LightningModule):
         x = normalise(x, self.norm)
         return x.contiguous(memory_format=torch.channels_last) if self.cfg.trainer.channels_last else x
 
+    def _total_steps(self) -> int:
+        t = self.trainer
+        return t.max_steps if t.max_steps > 0 else t.max_epochs * self.steps_per_epoch
+
+    def _context(self, global_step: int, generator: torch.Generator, valid_u=None) -> StepContext:
+        return StepContext(epoch=self.current_epoch, global_step=global_step, generator=generator,
+                           steps_per_epoch=self.steps_per_epoch, total_steps=self._total_steps(),
+                           normalise=self._normalise, augmenter=self.augmenter, valid_u=valid_u)
+
     def training_step(self, batch, batch_idx):
-        g = self._generator(0)
-        n_l = batch["x_l"].shape[0]
-        x = self._to_float(torch.cat([batch["x_l"], batch["x_u"]], 0))
-        y = resize_labels(batch["y_l"].long(), self.input_size)
-        y_all = torch.cat([y, torch.full((x.shape[0] - n_l, *y.shape[1:]), IGNORE_INDEX, dtype=y.dtype, device=y.device)])
-        x, y_all = augment_batch(x, y_all, self.cfg.augment, g)
-        x = self._normalise(x)
-        ctx = StepContext(epoch=self.current_epoch, global_step=self.global_step + 1, generator=g)
-        loss, logs = self.method.training_loss(x[:n_l], y_all[:n_l], x[n_l:] if x.shape[0] > n_l else None, ctx)
-        self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=x.shape[0])
+        """Weak views for the method: the labelled ones from their own generator, so every method
+        of a paired comparison sees the same labelled augmentation; the unlabelled ones with a
+        validity mask (pixels the affine pulled in from outside the B-scan are not valid)."""
+        x_l = self._to_float(batch["x_l"])
+        y_l = resize_labels(batch["y_l"].long(), self.input_size)
+        g_l = self._generator(0)
+        x_l, y_l = augment_batch(x_l, y_l, self.cfg.augment, g_l)
+        if self.cfg.augment.strong:
+            x_l = self.augmenter.strong(x_l, g_l)
+        x_u, valid_u = None, None
+        if batch["x_u"].shape[0] > 0 and self.method.uses_unlabelled:
+            x_u = self._to_float(batch["x_u"])
+            none = torch.zeros(x_u.shape[0], *x_u.shape[-2:], dtype=torch.long, device=x_u.device)
+            x_u, m = augment_batch(x_u, none, self.cfg.augment, self._generator(2))
+            valid_u = m != IGNORE_INDEX
+        ctx = self._context(self.global_step + 1, self._generator(3), valid_u)
+        loss, logs = self.method.training_loss(x_l, y_l, x_u, ctx)
+        n = x_l.shape[0] + (0 if x_u is None else x_u.shape[0])
+        self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=n)
         for k, v in logs.items():
-            self.log(f"train/{k}", v, on_step=True, on_epoch=True, batch_size=x.shape[0])
+            self.log(f"train/{k}", v, on_step=True, on_epoch=True, batch_size=n)
         return loss
 
     def on_train_batch_end(self, outputs, batch, batch_idx):
         # Lightning has stepped the optimiser; global_step now counts that step.
-        self.method.after_optimizer_step(StepContext(self.current_epoch, self.global_step, self._generator(1)))
+        self.method.after_optimizer_step(self._context(self.global_step, self._generator(1)))
 
     # -- validation: hard label maps, pooled confusion per network
     def on_validation_epoch_start(self):
@@ -96,9 +115,7 @@ class SegmentationModule(L.LightningModule):
 
     # -- optimiser
     def configure_optimizers(self):
-        t = self.trainer
-        total = t.max_steps if t.max_steps > 0 else t.max_epochs * self.steps_per_epoch
-        return configure_optimization(self.method.trainable_parameters(), self.cfg.optim, total)
+        return configure_optimization(self.method.trainable_parameters(), self.cfg.optim, self._total_steps())
 
     # -- checkpoint contents
     def checkpoint_meta(self) -> dict:

@@ -15,7 +15,7 @@ from typing import Optional
 import numpy as np
 
 from octseg.data.synthetic.vendors import GEOMETRY, STYLES
-from octseg.data.types import Spacing
+from octseg.records import Spacing
 from octseg.errors import ConfigError
 
 __all__ = ["LAYERS", "NB", "B", "Anatomy"]

@@ -16,7 +16,7 @@ import numpy as np
 from octseg.data.synthetic.anatomy import Anatomy
 from octseg.data.synthetic.render import render_bscan
 from octseg.data.synthetic.vendors import GEOMETRY, vendor_key
-from octseg.data.types import Spacing
+from octseg.records import Spacing
 from octseg.errors import ConfigError
 
 __all__ = ["SyntheticVolume", "generate_volume", "generate_bscans"]

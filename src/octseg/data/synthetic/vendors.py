@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from octseg.constants import VENDORS
-from octseg.data.types import Spacing
+from octseg.records import Spacing
 from octseg.errors import ConfigError
 
 __all__ = ["GEOMETRY", "STYLES", "VendorGeometry", "VendorStyle", "vendor_folder", "vendor_key"]

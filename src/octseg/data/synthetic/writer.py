@@ -17,7 +17,7 @@ from octseg.constants import RETOUCH_CLASSES, VENDORS
 from octseg.data.synthetic.phantom import SyntheticVolume, generate_volume
 from octseg.data.synthetic.preview import render_preview
 from octseg.data.synthetic.vendors import vendor_folder, vendor_key
-from octseg.data.types import Spacing
+from octseg.records import Spacing
 from octseg.errors import ConfigError, DataError
 from octseg.io.images import write_png
 from octseg.io.tables import write_volumes_csv

@@ -20,10 +20,11 @@ OPTIMIZERS: dict[str, Callable] = {
 
 
 def _plateau(opt, o, total_steps: int) -> dict:
-    """ReduceLROnPlateau on the epoch's training loss, as in the original project."""
+    """ReduceLROnPlateau on the epoch's supervised loss (the total of a semi-supervised method also
+    moves with its unlabelled term, which says nothing about progress on the labels)."""
     sched = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, mode="min", factor=o.plateau_factor,
                                                        patience=o.plateau_patience)
-    return {"scheduler": sched, "monitor": "train/loss_epoch", "interval": "epoch"}
+    return {"scheduler": sched, "monitor": "train/loss_sup_epoch", "interval": "epoch"}
 
 
 def _per_step(shape: Callable[[float, object], float]) -> Callable:

@@ -1,0 +1,63 @@
+"""FixMatch for segmentation (Sohn et al., "FixMatch: Simplifying Semi-Supervised Learning with
+Consistency and Confidence", NeurIPS 2020), in the form UniMatch (Yang et al., CVPR 2023) uses as
+its baseline for semantic segmentation.
+
+* Pseudo-labels: the student's own prediction on the weak view of each unlabelled B-scan (no
+  gradient); a pixel counts only when its top class probability is at least ``threshold``
+  (0.95) and the weak view did not pull it in from outside the scan.
+* The student is trained to predict those labels on a **strong** view of the same B-scan:
+  strong intensity augmentation (brightness, contrast, gamma, blur, speckle-like multiplicative
+  noise, cutout) and, with ``cutmix`` (on by default), a box pasted from another unlabelled
+  B-scan of the batch (labels and confidences pasted with it).
+* Loss = supervised + ``weight`` (1.0) × cross-entropy on the confident pixels, averaged over all
+  valid unlabelled pixels (so few confident pixels give a small loss, as in UniMatch).
+* Labelled, weak and strong views go through the network as separate BatchNorm batches (see
+  Mean Teacher's note on joint batches).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from octseg.constants import IGNORE_INDEX
+from octseg.methods.base import Method, StepContext
+
+
+@dataclass
+class FixMatchConfig:
+    """``method.fixmatch.*``: confidence threshold, unlabelled loss weight, CutMix on/off."""
+
+    threshold: float = 0.95
+    weight: float = 1.0
+    cutmix: bool = True
+
+
+class FixMatch(Method):
+    Config = FixMatchConfig
+    default_weights = "student"
+
+    def training_loss(self, x_l, y_l, x_u, ctx: StepContext):
+        sup = self.supervised_loss(self.student(ctx.normalise(x_l)), y_l)
+        if x_u is None or x_u.shape[0] == 0:
+            return sup, {"loss_sup": sup.detach()}
+        valid = ctx.valid_u if ctx.valid_u is not None else torch.ones_like(x_u[:, 0], dtype=torch.bool)
+        with torch.no_grad():
+            prob = self.student(ctx.normalise(x_u)).float().softmax(1)
+            conf, pseudo = prob.max(1)
+        x_s = ctx.augmenter.strong(x_u, ctx.generator) if ctx.augmenter is not None else x_u
+        if self.cfg.cutmix and x_u.shape[0] > 1 and ctx.augmenter is not None:
+            box, perm = ctx.augmenter.cutmix_boxes(x_u.shape[0], x_u.shape[-2:], ctx.generator, x_u.device)
+            x_s = torch.where(box[:, None], x_s[perm], x_s)
+            pseudo = torch.where(box, pseudo[perm], pseudo)
+            conf = torch.where(box, conf[perm], conf)
+            valid = torch.where(box, valid[perm], valid)
+        target = torch.where((conf >= self.cfg.threshold) & valid, pseudo, torch.full_like(pseudo, IGNORE_INDEX))
+        logits_s = self.student(ctx.normalise(x_s)).float()
+        ce = F.cross_entropy(logits_s, target, ignore_index=IGNORE_INDEX, reduction="sum")
+        unsup = ce / valid.sum().clamp_min(1)
+        loss = sup + self.cfg.weight * unsup
+        used = (target != IGNORE_INDEX).sum() / valid.sum().clamp_min(1)
+        return loss, {"loss_sup": sup.detach(), "loss_unsup": unsup.detach(), "confident_fraction": used.detach()}
