@@ -46,3 +46,29 @@ def make_tiny_checkpoint(path, classes=("background", "IRF", "SRF", "PED"), inpu
 @pytest.fixture
 def tiny_checkpoint(tmp_path) -> Path:
     return make_tiny_checkpoint(tmp_path / "tiny.ckpt")
+
+
+@pytest.fixture(scope="session")
+def tiny_prepared(tmp_path_factory) -> Path:
+    """A prepared synthetic dataset (9 volumes of 4 B-scans at 64x64) for short training runs."""
+    from octseg.data.prepare import prepare_dataset
+    from octseg.data.synthetic import write_synthetic_dataset
+
+    root = tmp_path_factory.mktemp("tiny_train")
+    write_synthetic_dataset(root / "raw", volumes=9, fmt="png", slices=4, scale=0.2, seed=3, fluid_free_fraction=0.0,
+                            progress=False)
+    prepare_dataset(root / "raw", root / "prepared", size=(64, 64), progress=False)
+    return root / "prepared"
+
+
+def tiny_train_overrides(path, **extra) -> list[str]:
+    """``key=value`` overrides for a seconds-long training run of the tiny model on ``path``."""
+    o = {
+        "data.path": str(path), "data.labelled": 0.5, "data.val": 0.2, "data.labelled_batch": 2,
+        "data.unlabelled_batch": 2, "model.encoder": TINY_MODEL["encoder"], "model.encoder_depth": 3,
+        "model.decoder_channels": "[32,16,8]", "optim.name": "adamw", "optim.lr": 3e-3, "optim.scheduler": "none",
+        "trainer.steps_per_epoch": 4, "trainer.max_epochs": 2, "trainer.progress": False, "trainer.precision": "32",
+        "method.mean_teacher.consistency_rampup_epochs": 1, "trainer.log_every_n_steps": 1,
+    }
+    o.update(extra)
+    return [f"{k}={v}" for k, v in o.items()]

@@ -24,8 +24,9 @@ def _method(name: str, seed: int = 0):
     torch.manual_seed(seed)
     net = build_model(ModelConfig(**TINY_MODEL), K)
     cfg = MethodConfig(name=name)
-    if name == "fixmatch":
-        cfg.fixmatch.threshold = 0.0  # every pixel confident: the unlabelled term is exercised at init
+    section = getattr(cfg, name, None)
+    if hasattr(section, "threshold"):
+        section.threshold = 0.0  # every pixel confident: the unlabelled terms are exercised at init
     return build_method(cfg, net, SegmentationLoss(LossConfig(name="dice_ce"), K))
 
 
@@ -143,3 +144,31 @@ def test_strong_augmentation_keeps_range_and_shape_and_changes_pixels():
     box, perm = aug.cutmix_boxes(4, (32, 48), torch.Generator().manual_seed(0), "cpu")
     assert box.shape == (4, 32, 48) and sorted(perm.tolist()) == [0, 1, 2, 3]
     assert Augmenter(AugmentConfig(cutmix_p=0.0)).cutmix_boxes(4, (32, 48), torch.Generator(), "cpu")[0].sum() == 0
+
+
+def test_cps_networks_start_different_and_both_train():
+    m = _method("cps")
+    x = torch.rand(1, 1, 64, 64)
+    m.eval()
+    with torch.no_grad():
+        assert not torch.allclose(m.student(x), m.peer(x))
+    assert len(list(m.trainable_parameters())) == 2 * len(list(m.student.parameters()))
+
+
+def test_bcp_mixes_labelled_and_unlabelled_boxes():
+    m = _method("bcp")
+    box = m._box(3, (64, 48), torch.Generator().manual_seed(0), "cpu")
+    assert box.shape == (3, 64, 48) and int(box[0].sum()) == round(64 * 2 / 3) * round(48 * 2 / 3)
+
+
+def test_unimatch_feature_perturbation_changes_the_output():
+    from octseg.methods.unimatch import forward_with_feature_dropout
+
+    m = _method("unimatch")
+    m.eval()
+    x = torch.rand(2, 1, 64, 64)
+    with torch.no_grad():
+        plain = m.student(x)
+        same = forward_with_feature_dropout(m.student, x, 0.0, torch.Generator().manual_seed(0))
+        dropped = forward_with_feature_dropout(m.student, x, 0.5, torch.Generator().manual_seed(0))
+    assert torch.allclose(plain, same, atol=1e-6) and not torch.allclose(plain, dropped)

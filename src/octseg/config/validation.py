@@ -146,6 +146,16 @@ _RULES: list[tuple[str, Rule]] = [
     ("method.fixmatch.threshold", PROBABILITY),
     ("method.fixmatch.weight", NON_NEGATIVE),
     ("method.fixmatch.cutmix", FLAG),
+    ("method.unimatch.threshold", PROBABILITY),
+    ("method.unimatch.weight", NON_NEGATIVE),
+    ("method.unimatch.feature_dropout", number(0, 1, hi_open=True)),  # 1 would divide by zero
+    ("method.unimatch.cutmix", FLAG),
+    ("method.cps.weight", NON_NEGATIVE),
+    ("method.cps.cutmix", FLAG),
+    ("method.bcp.box_fraction", number(0, 1, lo_open=True)),
+    ("method.bcp.unlabelled_weight", NON_NEGATIVE),
+    ("method.bcp.ema_decay", PROBABILITY),
+    ("method.bcp.weight", NON_NEGATIVE),
     # optim: the names and schedulers SegmentationModule.configure_optimizers builds
     ("optim.name", one_of(*OPTIMIZERS)),
     ("optim.lr", number(0, lo_open=True)),

@@ -12,11 +12,15 @@ from torch import nn
 
 from octseg.errors import ConfigError
 from octseg.methods.base import Method, StepContext
+from octseg.methods.bcp import BCP
+from octseg.methods.cps import CPS
 from octseg.methods.fixmatch import FixMatch
 from octseg.methods.mean_teacher import MeanTeacher
 from octseg.methods.supervised import Supervised
+from octseg.methods.unimatch import UniMatch
 
-METHODS: dict[str, type[Method]] = {"supervised": Supervised, "mean_teacher": MeanTeacher, "fixmatch": FixMatch}
+METHODS: dict[str, type[Method]] = {"supervised": Supervised, "mean_teacher": MeanTeacher, "fixmatch": FixMatch,
+                                    "unimatch": UniMatch, "cps": CPS, "bcp": BCP}
 
 MethodConfig = dataclasses.make_dataclass(
     "MethodConfig",

@@ -19,11 +19,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
-import torch.nn.functional as F
-
 from octseg.constants import IGNORE_INDEX
 from octseg.methods.base import Method, StepContext
+from octseg.methods.pseudo_labels import masked_ce, strong_view, weak_targets
 
 
 @dataclass
@@ -43,21 +41,9 @@ class FixMatch(Method):
         sup = self.supervised_loss(self.student(ctx.normalise(x_l)), y_l)
         if x_u is None or x_u.shape[0] == 0:
             return sup, {"loss_sup": sup.detach()}
-        valid = ctx.valid_u if ctx.valid_u is not None else torch.ones_like(x_u[:, 0], dtype=torch.bool)
-        with torch.no_grad():
-            prob = self.student(ctx.normalise(x_u)).float().softmax(1)
-            conf, pseudo = prob.max(1)
-        x_s = ctx.augmenter.strong(x_u, ctx.generator) if ctx.augmenter is not None else x_u
-        if self.cfg.cutmix and x_u.shape[0] > 1 and ctx.augmenter is not None:
-            box, perm = ctx.augmenter.cutmix_boxes(x_u.shape[0], x_u.shape[-2:], ctx.generator, x_u.device)
-            x_s = torch.where(box[:, None], x_s[perm], x_s)
-            pseudo = torch.where(box, pseudo[perm], pseudo)
-            conf = torch.where(box, conf[perm], conf)
-            valid = torch.where(box, valid[perm], valid)
-        target = torch.where((conf >= self.cfg.threshold) & valid, pseudo, torch.full_like(pseudo, IGNORE_INDEX))
-        logits_s = self.student(ctx.normalise(x_s)).float()
-        ce = F.cross_entropy(logits_s, target, ignore_index=IGNORE_INDEX, reduction="sum")
-        unsup = ce / valid.sum().clamp_min(1)
-        loss = sup + self.cfg.weight * unsup
+        target, valid = weak_targets(self.student, x_u, ctx, self.cfg.threshold)
+        x_s, target, valid = strong_view(x_u, target, valid, ctx, self.cfg.cutmix)
+        unsup = masked_ce(self.student(ctx.normalise(x_s)), target, valid)
         used = (target != IGNORE_INDEX).sum() / valid.sum().clamp_min(1)
-        return loss, {"loss_sup": sup.detach(), "loss_unsup": unsup.detach(), "confident_fraction": used.detach()}
+        return sup + self.cfg.weight * unsup, {"loss_sup": sup.detach(), "loss_unsup": unsup.detach(),
+                                               "confident_fraction": used.detach()}

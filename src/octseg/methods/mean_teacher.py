@@ -52,6 +52,14 @@ def ema_alpha(step: int, rampup_done: bool, cap_rampup: float = 0.99, cap: float
     return min(1.0 - 1.0 / (step + 1), cap if rampup_done else cap_rampup)
 
 
+def frozen_copy(net: torch.nn.Module) -> torch.nn.Module:
+    """A copy of ``net`` that the optimiser never updates (an EMA teacher starts as the student)."""
+    copy_ = copy.deepcopy(net)
+    for p in copy_.parameters():
+        p.requires_grad_(False)
+    return copy_
+
+
 @torch.no_grad()
 def ema_update(teacher: torch.nn.Module, student: torch.nn.Module, alpha: float) -> None:
     """teacher <- alpha * teacher + (1 - alpha) * student, over parameters (buffers are the teacher's own)."""
@@ -66,9 +74,7 @@ class MeanTeacher(Method):
 
     def __init__(self, student, cfg, supervised_loss):
         super().__init__(student, cfg, supervised_loss)
-        self.teacher = copy.deepcopy(student)
-        for p in self.teacher.parameters():
-            p.requires_grad_(False)
+        self.teacher = frozen_copy(student)
 
     def consistency_weight(self, epoch: int) -> float:
         return self.cfg.consistency_weight * sigmoid_rampup(epoch, self.cfg.consistency_rampup_epochs)

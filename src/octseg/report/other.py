@@ -2,8 +2,9 @@
 
 Both render JSON generically: a dict of numbers is a two-column table, a dict of such dicts one
 table (rows = outer keys, columns = inner keys), deeper dicts a heading per key; long lists are
-cut with a note. A run's report adds its recipe (config.yaml) and learning curves; a benchmark's
-the PNG figure of the same name when there is one.
+cut with a note. A run's report adds its recipe (config.yaml), learning curves and a gallery of its
+worst and best validation B-scans (:mod:`octseg.report.gallery`; a one-line note instead when the
+run's dataset is gone); a benchmark's the PNG figure of the same name when there is one.
 """
 
 from __future__ import annotations
@@ -87,7 +88,11 @@ def _load_json(path: Path):
         raise DataError(path, f"cannot read as JSON ({exc})") from None
 
 
-def build_run_html(run_dir) -> str:
+def build_run_html(run_dir, gallery: bool = True) -> str:
+    """The run folder's page; ``gallery=False`` leaves out the validation gallery (which rescores the
+    best checkpoint on the run's validation B-scans)."""
+    from octseg.report.gallery import GALLERY_CSS, run_gallery_section
+
     run_dir = Path(run_dir)
     parts = []
     metrics = _load_json(run_dir / "metrics.json") if (run_dir / "metrics.json").is_file() else None
@@ -107,12 +112,15 @@ def build_run_html(run_dir) -> str:
                 parts.append(f"<h3>{esc(net)}</h3>" + render_tree(val[net], heading=4))
         elif val is not None:
             parts.append("<h2>Validation</h2>" + render_tree(val))
+    if gallery:
+        parts.append(run_gallery_section(run_dir))
     if (run_dir / "config.yaml").is_file():
         parts.append("<h2>Recipe (config.yaml)</h2><pre>" + esc((run_dir / "config.yaml").read_text()) + "</pre>")
     ck_dir = run_dir / "checkpoints"
     ckpts = sorted(p.name for p in ck_dir.glob("*.ckpt")) if ck_dir.is_dir() else []
     parts.append(f'<p class="muted">checkpoints: {esc(", ".join(ckpts) or "none")}</p>')
-    return page(f"octseg training run: {run_dir.name}", "".join(parts), subtitle=esc(str(run_dir)))
+    return page(f"octseg training run: {run_dir.name}", "".join(parts), css=GALLERY_CSS if gallery else "",
+                subtitle=esc(str(run_dir)))
 
 
 def write_run_report(run_dir) -> SimpleReport:
