@@ -26,14 +26,15 @@ from typing import Iterator, Optional, Sequence
 import numpy as np
 
 from octseg.constants import FLUID_CLASSES, RETOUCH_CLASSES
+from octseg.data.class_folders import CLASS_FOLDER_VOLUME_REGEX, class_folder_images
 from octseg.data.prepared import is_prepared
-from octseg.records import BScan, DatasetSource, Spacing, VolumeSource
 from octseg.errors import ConfigError, DataError
 from octseg.io.files import entry_kind, find_named, not_folder, regular_files, skipped_note
 from octseg.io.images import (IMAGE_EXTENSIONS, MaskEncoding, header_size, mask_array, read_image, survey_masks,
                               to_uint8)
 from octseg.io.tables import read_class_names, read_volumes_csv
 from octseg.io.volumes import Volume, check_labels, mhd_info
+from octseg.records import BScan, DatasetSource, Spacing, VolumeSource
 
 #: Default stem pattern: ``TRAIN001_045`` -> (TRAIN001, 45), ``Subject_01_11`` -> (Subject_01, 11).
 DEFAULT_VOLUME_REGEX = r"^(?P<volume>.+?)[_-](?P<slice>\d+)$"
@@ -246,10 +247,16 @@ def _pair(images: list[Path], masks: list[Path], pair_by_order: bool, image_dir:
 def _scan_folders(path: Optional[Path], images, masks, pair_by_order: bool, volume_regex, classes) -> DatasetSource:
     msgs: list[str] = []
     root, image_dir, mask_dir, single = _resolve_folders(path, images, masks)
+    by_class = None
     if single:
         if path.suffix.lower() not in IMAGE_EXTENSIONS:
             raise DataError(path, f"not an image file (expected one of {', '.join(IMAGE_EXTENSIONS)})")
         image_files = [path]
+    elif mask_dir is None and (by_class := class_folder_images(image_dir)) is not None:
+        image_files, names = by_class  # e.g. Kermany OCT2017: unlabelled, one volume per patient
+        _warn(msgs, f"{image_dir}: read {len(image_files)} unlabelled B-scans from the class folders "
+                    f"{', '.join(names)} (a folder name is a diagnosis, not a label map); volume = patient")
+        volume_regex = volume_regex or CLASS_FOLDER_VOLUME_REGEX
     else:
         image_files = _list_images(image_dir, msgs, "images")
     mask_files = _list_images(mask_dir, msgs, "masks") if mask_dir is not None else []
@@ -282,6 +289,8 @@ def _scan_folders(path: Optional[Path], images, masks, pair_by_order: bool, volu
     vols = []
     for vol in sorted(groups):
         items = sorted(groups[vol], key=lambda t: (t[0], t[1].name))
+        if by_class:  # a patient's B-scans have no positions: number them in order
+            items = [(k, p) for k, (_, p) in enumerate(items)]
         for (a, pa), (b, pb) in zip(items, items[1:]):
             if a == b:
                 raise DataError(pb, f"same volume {vol!r} and slice {a} as {pa.name}")
