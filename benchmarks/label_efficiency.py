@@ -1,33 +1,64 @@
-"""Label efficiency on synthetic OCT: supervised vs Mean Teacher at 5 %, 10 % and 25 % labelled volumes.
+"""Label efficiency on synthetic OCT: does semi-supervision pay at 1 and 2 labelled volumes?
 
 Data: the synthetic RETOUCH-like generator (``octseg.data.synthetic``), 72 volumes x 6 B-scans at
 scale 0.5 (24 per vendor style), generator seed fixed (0), prepared at 128x128: the same bytes in
-every run. Fixed held-out volumes for all runs: 9 validation and 15 test volumes (3 + 5 per
+every run. Fixed held-out volumes shared by every run: 9 validation and 15 test volumes (3 + 5 per
 vendor, drawn once with a fixed seed); the other 48 volumes train.
 
-Labelled subsets: for each seed, one vendor-interleaved random order of the 48 training volumes;
-a fraction f labels its first max(1, round(f * 48)) volumes (5 % -> 2, 10 % -> 5, 25 % -> 12), so the
-subsets are nested and both methods at one (fraction, seed) train on exactly the same labelled
-volumes (one split file, ``PREPARED/splits/le-fF-sS.json``, used by both). Mean Teacher uses the
-remaining training volumes as unlabelled data; supervised never sees them. The run seed (network
-initialisation, batch order, augmentation) is the same seed for both methods.
+Regimes (``--regimes``, default ``1v 2v 10%``): ``Nv`` labels N training volumes, ``P%`` labels
+max(1, round(P/100 x 48)) of them (10 % -> 5); the other training volumes are the unlabelled pool.
+The labelled volumes are a function of the seed only: one vendor-interleaved random order of the
+training volumes per seed, a regime labels its first n (nested subsets), one split file per
+(regime, seed) (``PREPARED/splits/le-nN-sS.json``) shared by every method. The run seed (network
+initialisation, batch order, labelled augmentation, which the engine pairs by seed) is the same
+for every method: paired runs. A reference run per seed trains ``supervised`` with all 48
+training volumes labelled ("all labelled").
+
+Methods (``--methods``, default every method of ``octseg.methods.METHODS`` plus
+``supervised_strong`` = ``method.name=supervised augment.strong=true``). Each is compared with the
+BETTER of the two supervised baselines of its regime, chosen on the validation mean foreground
+Dice (mean over seeds), never on test.
 
 Recipe: ``configs/demo_cpu.yaml`` (U-Net ResNet18 from scratch, dice+CE, AdamW 1e-3 cosine, batch
 4 labelled + 4 unlabelled, EMA 0.99, consistency weight 1) with ``--epochs`` x ``--steps-per-epoch``
-steps (default 20 x 30 = 600; the consistency ramp-up is set to a quarter of the epochs, as the
-demo's 2 of 8). Checkpoint: ``best.ckpt``, selected on the validation volumes (for Mean Teacher on the
-teacher's Dice); scored on the test volumes it never saw: per-class Dice of hard label maps pooled
-over the test B-scans, and the mean over the three fluid classes ("mean foreground Dice").
-Spread over seeds: mean, sample std (ddof=1) and min/max.
+steps (default 5 x 20 = 100, what the 3-hour budget allows on 2 CPU cores; Mean Teacher's
+consistency ramp-up is a quarter of the epochs).
+Checkpoint: ``best.ckpt``, selected on the validation volumes; the network scored is the
+checkpoint's default (the teacher for mean_teacher and bcp). Scores: Dice of hard label maps pooled
+over the test (and validation) B-scans, per class and the mean over the three fluid classes ("mean
+foreground Dice").
 
-    python benchmarks/label_efficiency.py               # 3 fractions x 2 seeds x 2 methods, ~25 min on 2 idle cores
-    python benchmarks/label_efficiency.py --quick       # smoke run, ~0.5 min
+Statistics per regime and method: mean ± sd (ddof=1) over seeds of the test mean foreground and
+per-class Dice; the paired per-seed difference to the best supervised baseline, its mean and 95 %
+t-interval (scipy.stats.t, df = n_seeds - 1); seconds per training step (train_seconds /
+global_step of the run's metrics.json). Convergence of supervised: the slope of its validation
+Dice over the last quarter of the validation points in logs/metrics.csv, per 100 steps and as
+the rise over that quarter. Targets (printed with the measured figures): best semi-supervised
+method (chosen on validation) >= best supervised + 0.05 with the 95 % interval above 0 at 1v and
+2v; Mean Teacher above supervised; stretch: best method at 1v >= 90 % of "all labelled".
+
+Time, measured on 2 shared CPU cores (AMD EPYC, no GPU, float32/bf16 as ``precision: auto`` picks):
+seconds per training step, from 40-step runs (train_seconds / global_step): supervised 0.64-0.70,
+mean_teacher 1.50, fixmatch 1.40, unimatch 2.36, cps 2.82, bcp 1.77. ``--quick`` (1 seed, 1v and 2v,
+supervised, supervised_strong, fixmatch, mean_teacher, the all-labelled reference: 9 runs of 2 x 3
+steps on 24 volumes) takes about 3 min (2.9 min measured, 4.9 min on a cold first start
+with 2 x 4 steps). The default (3 regimes x 3 seeds x 7 methods + 3
+reference runs = 66 runs of 100 steps) is estimated at about 3.1 h (``estimate_seconds``; printed at the
+start of every run). Longer runs scale with the steps: ``--epochs 20 --steps-per-epoch 30`` (600
+steps) would take about 17 h. Finished run folders are reused and interrupted ones resumed, so a
+stopped benchmark continues where it was.
+
+    python benchmarks/label_efficiency.py               # the full comparison (see the estimate above)
+    python benchmarks/label_efficiency.py --quick       # smoke run, writes *_quick.json/png
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
+import json
 import logging
+import re
 import sys
 import time
 import warnings
@@ -46,21 +77,51 @@ SIZE = (128, 128)
 DATA_SEED = 0          # the generator's seed: the data never changes between runs
 HELDOUT_SEED = 12345   # draws the validation and test volumes, once
 N_VAL, N_TEST = 9, 15  # volumes (divisible by the 3 vendor styles)
-METHODS = ("supervised", "mean_teacher")
-TARGET_GAIN_LOWEST = 0.05  # Mean Teacher over supervised (mean foreground Dice) at 5 %
-QUICK = {"volumes": 24, "n_val": 3, "n_test": 6, "epochs": 1, "steps_per_epoch": 4,
-         "fractions": [0.05, 0.25], "seeds": [0]}
+SUPERVISED = ("supervised", "supervised_strong")   # the two baselines
+EXTRA = {"supervised_strong": ("supervised", ["augment.strong=true"])}  # name -> (method.name, overrides)
+REFERENCE = "all"      # supervised with every training volume labelled, one run per seed
+TARGET_GAIN = 0.05     # best semi-supervised over best supervised at 1v and 2v
+TARGET_GAIN_REGIMES = ("1v", "2v")
+STRETCH_FRACTION = 0.9  # best method at 1v vs supervised with all volumes labelled
+EPOCHS, STEPS = 5, 20  # default run length: what fits ~3 h on 2 CPU cores (see the estimate in the docstring)
+PLATEAU = 0.01         # rise of validation Dice over the last quarter below which supervised "has converged"
+QUICK = {"volumes": 24, "n_val": 3, "n_test": 6, "epochs": 2, "steps_per_epoch": 3,
+         "regimes": ["1v", "2v"], "seeds": [0],
+         "methods": ["supervised", "supervised_strong", "fixmatch", "mean_teacher"]}
+# For the time estimate: seconds per training step measured on 2 shared cores (AMD EPYC, no GPU; 128x128,
+# batch 4 + 4; 40-step runs of --quick's data, train_seconds / global_step less ~0.15 s of fixed cost per
+# step), per-run fixed cost (start-up, scoring) and cost per epoch (validation of 9 volumes, checkpoints).
+SEC_PER_STEP = {"supervised": 0.55, "supervised_strong": 0.55, "mean_teacher": 1.35, "fixmatch": 1.25,
+                "unimatch": 2.2, "cps": 2.65, "bcp": 1.6}
+RUN_S, EPOCH_S = 8.0, 4.0
+
+
+def estimate_seconds(plan, epochs: int, steps: int) -> float:
+    return sum(SEC_PER_STEP.get(m, max(SEC_PER_STEP.values())) * epochs * steps + RUN_S + EPOCH_S * epochs
+               for _, _, m in plan)
 
 
 def _quiet() -> None:
     """Keep the console to octseg's own lines: Lightning sets its loggers to INFO when imported."""
-    import lightning.pytorch  # noqa: F401
+    import lightning.pytorch  # noqa: F401 - imported first, so the levels below are not reset
 
     for name in ("lightning", "lightning.pytorch", "lightning.fabric", "pytorch_lightning"):
         logging.getLogger(name).setLevel(logging.WARNING)
     for msg in (".*LeafSpec.*", ".*litlogger.*", ".*does not have many workers.*",
-                ".*smaller than the logging interval.*"):
+                ".*smaller than the logging interval.*", ".*exists and is used as written.*"):
         warnings.filterwarnings("ignore", message=msg)
+
+
+def all_methods() -> list:
+    from octseg.methods import METHODS
+
+    names = list(METHODS)
+    return names[:1] + ["supervised_strong"] + names[1:] if "supervised" in names else names + ["supervised_strong"]
+
+
+def method_overrides(name: str) -> list:
+    base, extra = EXTRA.get(name, (name, []))
+    return [f"method.name={base}", *extra]
 
 
 # ----------------------------------------------------------------------------- data and splits
@@ -118,8 +179,24 @@ def labelled_order(train: list, vendor_of: dict, seed: int) -> list:
     return order
 
 
-def write_split(ds, name: str, labelled_vols, train, val, test, note: str) -> str:
+def n_labelled(regime: str, n_train: int) -> int:
+    """``Nv`` -> N volumes; ``P%`` -> max(1, round(P/100 * n_train)); ``all`` -> n_train."""
+    if regime == REFERENCE:
+        return n_train
+    m = re.fullmatch(r"(\d+)v", regime)
+    if m:
+        n = int(m.group(1))
+    else:
+        m = re.fullmatch(r"(\d+(?:\.\d+)?)%", regime)
+        if not m:
+            raise SystemExit(f"--regimes: {regime!r} is neither Nv (volumes) nor P% (of the training volumes)")
+        n = max(1, int(np.floor(float(m.group(1)) / 100 * n_train + 0.5)))
+    if not 1 <= n <= n_train:
+        raise SystemExit(f"--regimes: {regime} labels {n} of {n_train} training volumes")
+    return n
 
+
+def write_split(ds, name: str, labelled_vols, train, val, test, note: str) -> str:
     lab, v, t = set(labelled_vols), set(val), set(test)
     parts = {"labelled": [], "unlabelled": [], "val": [], "test": []}
     for s in ds.slices:
@@ -131,72 +208,122 @@ def write_split(ds, name: str, labelled_vols, train, val, test, note: str) -> st
     return save_split(ds, name, parts, volumes, note)
 
 
-# ----------------------------------------------------------------------------- runs
-
-
-def run_one(cfg, run_dir: Path) -> tuple[Path, dict]:
-    """Train (or reuse/resume) one run; the best checkpoint is the one scored."""
-    best, last, info = run_training(cfg, run_dir)
-    return best, info
+# ----------------------------------------------------------------------------- runs and scores
 
 
 def score(ckpt: Path, ds, split_name: str) -> dict:
+    """The checkpoint's default network on the validation and the test volumes."""
     from octseg.checkpoint import load_networks
     from octseg.data.splits import load_split, split_indices
     from octseg.metrics import score_networks
 
-    rows = np.sort(split_indices(ds, load_split(ds, split_name))["test"])
-    images, gt = np.asarray(ds.images[rows]), np.asarray(ds.masks[rows])
-    vols = [ds.slices[r].volume for r in rows]
+    idx = split_indices(ds, load_split(ds, split_name))
     nets, meta = load_networks(ckpt)
-    reports = score_networks(nets, meta, images, gt, volumes=vols, class_names=list(ds.classes), batch=32)
-    out = {}
-    for weights, rep in reports.items():
-        out[weights] = {
-            "dice": {c: rep["pooled"]["dice"][c] for c in ds.classes[1:]},
-            "mean_foreground": rep["mean_foreground_dice"]["pooled"],
-            "mean_foreground_per_volume": rep["mean_foreground_dice"]["per_volume"],
-            "default": weights == meta["default_weights"],
-        }
+    default = meta["default_weights"]
+    out = {"weights": default}
+    for part in ("val", "test"):
+        rows = np.sort(idx[part])
+        images, gt = np.asarray(ds.images[rows]), np.asarray(ds.masks[rows])
+        vols = [ds.slices[r].volume for r in rows]
+        rep = score_networks({default: nets[default]}, meta, images, gt, volumes=vols,
+                             class_names=list(ds.classes), batch=32)[default]
+        out[part] = {"dice": {c: rep["pooled"]["dice"][c] for c in ds.classes[1:]},
+                     "mean_foreground": rep["mean_foreground_dice"]["pooled"],
+                     "mean_foreground_per_volume": rep["mean_foreground_dice"]["per_volume"]}
     return out
+
+
+def val_curve(run_dir: Path) -> list:
+    """(step, validation mean foreground Dice of the default network) from logs/metrics*.csv."""
+    pts = {}
+    for p in sorted((run_dir / "logs").glob("metrics*.csv")):
+        with p.open() as fh:
+            for r in csv.DictReader(fh):
+                v = r.get("val/mean_fg_dice")
+                if v not in (None, ""):
+                    pts[int(float(r.get("step") or 0))] = float(v)
+    return sorted(pts.items())
+
+
+def last_quarter_slope(curve: list) -> dict:
+    """Least-squares slope of the last quarter of the validation points (at least 2)."""
+    if len(curve) < 2:
+        return {"points": len(curve), "slope_per_100_steps": None, "rise": None}
+    k = max(2, int(np.ceil(len(curve) / 4)))
+    x, y = np.array(curve[-k:], dtype=float).T
+    slope = float(np.polyfit(x, y, 1)[0]) if np.ptp(x) > 0 else 0.0
+    return {"points": k, "slope_per_100_steps": slope * 100, "rise": slope * float(np.ptp(x)),
+            "steps": [int(x[0]), int(x[-1])]}
 
 
 def spread(values) -> dict:
     v = np.array([np.nan if x is None else x for x in values], dtype=float)
     v = v[~np.isnan(v)]
     if len(v) == 0:
-        return {"mean": None, "std": None, "min": None, "max": None, "n": 0}
-    return {"mean": float(v.mean()), "std": float(v.std(ddof=1)) if len(v) > 1 else 0.0,
+        return {"mean": None, "sd": None, "min": None, "max": None, "n": 0}
+    return {"mean": float(v.mean()), "sd": float(v.std(ddof=1)) if len(v) > 1 else None,
             "min": float(v.min()), "max": float(v.max()), "n": int(len(v))}
 
 
-def plot(path: Path, summary: dict, fractions, n_lab: dict, per_run: list) -> None:
+def paired(diffs) -> dict:
+    """Mean paired difference and its 95 % t-interval (df = n - 1); no interval with one seed."""
+    from scipy import stats
+
+    d = np.array([x for x in diffs if x is not None], dtype=float)
+    n = len(d)
+    out = {"n": n, "mean": float(d.mean()) if n else None, "sd": None, "ci95": None, "diffs": d.tolist()}
+    if n >= 2:
+        sd = float(d.std(ddof=1))
+        half = float(stats.t.ppf(0.975, n - 1)) * sd / np.sqrt(n)
+        out.update(sd=sd, ci95=[float(d.mean() - half), float(d.mean() + half)])
+    return out
+
+
+def _f(x, nd=3, sign=False):
+    return "n/a" if x is None else (f"{x:+.{nd}f}" if sign else f"{x:.{nd}f}")
+
+
+def _ms(s):
+    return "n/a" if s["mean"] is None else f"{s['mean']:.3f} ± {_f(s['sd'])}"
+
+
+def _ci(p):
+    return "n/a (1 seed)" if p["ci95"] is None else f"[{p['ci95'][0]:+.3f}, {p['ci95'][1]:+.3f}]"
+
+
+def plot(path: Path, summary: dict, regimes, methods, n_lab: dict, reference: dict, title_note: str,
+         per_run: list = ()) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6.4, 4.3))
-    style = {"supervised": ("tab:blue", "o", "supervised"), "mean_teacher": ("tab:red", "s", "Mean Teacher (teacher)")}
-    xs = np.array(fractions) * 100
-    for k, (method, weights) in enumerate((("supervised", "student"), ("mean_teacher", "teacher"))):
-        colour, marker, label = style[method]
-        m = [summary[f"{f:g}"][method][weights]["mean_foreground"]["mean"] for f in fractions]
-        s = [summary[f"{f:g}"][method][weights]["mean_foreground"]["std"] for f in fractions]
-        off = 1.0 + (k - 0.5) * 0.05  # side by side on the log axis
-        ax.errorbar(xs * off, m, yerr=s, color=colour, marker=marker, capsize=4, lw=1.8, label=label + " (mean ± std)")
-        pts = [(r["fraction"] * 100 * off, r["scores"][weights]["mean_foreground"]) for r in per_run
-               if r["method"] == method]
-        if pts:
-            ax.scatter(*zip(*pts), color=colour, alpha=0.35, s=14, marker=marker, label=f"{label}: each seed")
-    ax.set_xscale("log")
-    ax.minorticks_off()
-    ax.set_xticks(xs, [f"{f:.0%}\n({n_lab[f'{f:g}']} vol)" for f in fractions])
-    ax.set(xlabel="labelled training volumes", ylabel="mean foreground Dice (test, pooled)",
-           title="Label efficiency on synthetic OCT (IRF, SRF, PED)")
+    fig, ax = plt.subplots(figsize=(9.0, 4.6))
+    xs = np.arange(len(regimes), dtype=float)
+    cmap = plt.get_cmap("tab10")
+    markers = "osD^vP*X<>"
+    width = 0.6 / max(1, len(methods))
+    for k, method in enumerate(methods):
+        m = [summary[r][method]["test"]["mean_foreground"]["mean"] for r in regimes]
+        s = [summary[r][method]["test"]["mean_foreground"]["sd"] or 0.0 for r in regimes]
+        off = (k - (len(methods) - 1) / 2) * width
+        ax.errorbar(xs + off, m, yerr=s, color=cmap(k % 10), marker=markers[k % len(markers)], capsize=3, lw=1.4,
+                    ls="--" if method in SUPERVISED else "-", label=method)
+        pts = [(xs[regimes.index(r["regime"])] + off, r["scores"]["test"]["mean_foreground"]) for r in per_run
+               if r["method"] == method and r["regime"] in regimes]
+        if len(pts) > len(regimes):  # each seed, where there are several
+            ax.scatter(*zip(*pts), color=cmap(k % 10), alpha=0.3, s=10, marker=markers[k % len(markers)])
+    ref = reference.get("test", {}).get("mean_foreground", {})
+    if ref.get("mean") is not None:
+        ax.axhline(ref["mean"], color="k", lw=1, ls=":", label=f"supervised, all {n_lab[REFERENCE]} vol labelled")
+        if ref.get("sd"):
+            ax.axhspan(ref["mean"] - ref["sd"], ref["mean"] + ref["sd"], color="k", alpha=0.08)
+    ax.set_xticks(xs, [f"{r}\n({n_lab[r]} vol)" for r in regimes])
+    ax.set(xlabel="labelled training volumes", ylabel="test mean foreground Dice (pooled)",
+           title=f"Label efficiency on synthetic OCT (mean ± sd over seeds){title_note}")
     ax.set_ylim(0, 1)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="best")
+    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)
@@ -204,28 +331,31 @@ def plot(path: Path, summary: dict, fractions, n_lab: dict, per_run: list) -> No
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", type=Path, default=None,
                     help="JSON (default benchmarks/results/label_efficiency.json; _quick with --quick)")
     ap.add_argument("--plot", type=Path, default=None,
                     help="figure (default benchmarks/results/label_efficiency.png; _quick with --quick)")
     ap.add_argument("--workdir", type=Path, default=None,
                     help="data and run folders (default runs/bench-label-efficiency[-quick])")
-    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
-    ap.add_argument("--fractions", type=float, nargs="+", default=[0.05, 0.10, 0.25],
-                    help="labelled fraction of the training volumes (at least one volume each)")
-    ap.add_argument("--epochs", type=int, default=20)
-    ap.add_argument("--steps-per-epoch", type=int, default=30)
-    ap.add_argument("--minutes", type=float, default=6.0,
-                    help="per-run wall-clock cap, a safety net (default 6; a run takes ~1.5 (supervised) "
-                         "to ~2.7 (Mean Teacher) min on 2 idle cores)")
+    ap.add_argument("--seeds", type=int, nargs="+", default=None, help="default 0 1 2 (--quick: 0)")
+    ap.add_argument("--regimes", nargs="+", default=None,
+                    help="Nv = N labelled volumes, P%% = P %% of the training volumes (default 1v 2v 10%%; "
+                         "--quick: 1v 2v)")
+    ap.add_argument("--methods", nargs="+", default=None,
+                    help="default: every registered method + supervised_strong (--quick: "
+                         + " ".join(QUICK["methods"]) + "); supervised and supervised_strong are always added")
+    ap.add_argument("--no-reference", action="store_true",
+                    help="skip the supervised run with all training volumes labelled (one per seed)")
+    ap.add_argument("--epochs", type=int, default=None, help=f"default {EPOCHS} (--quick: {QUICK['epochs']})")
+    ap.add_argument("--steps-per-epoch", type=int, default=None,
+                    help=f"default {STEPS} (--quick: {QUICK['steps_per_epoch']})")
+    ap.add_argument("--minutes", type=float, default=10.0,
+                    help="per-run wall-clock cap, a safety net (default 10)")
     ap.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2)")
     ap.add_argument("--quick", action="store_true", help=f"smoke run: {QUICK}")
     ap.add_argument("overrides", nargs="*", help="extra key=value config overrides for every run")
     args = ap.parse_args(argv)
-    if any(not 0 < f <= 1 for f in args.fractions):
-        ap.error("--fractions must be in (0, 1]")
 
     import torch
 
@@ -236,10 +366,17 @@ def main(argv=None) -> int:
     q = args.quick
     volumes = QUICK["volumes"] if q else SYNTH["volumes"]
     n_val, n_test = (QUICK["n_val"], QUICK["n_test"]) if q else (N_VAL, N_TEST)
-    epochs = QUICK["epochs"] if q else args.epochs
-    steps = QUICK["steps_per_epoch"] if q else args.steps_per_epoch
-    fractions = sorted(QUICK["fractions"] if q else args.fractions)
-    seeds = QUICK["seeds"] if q else args.seeds
+    epochs = args.epochs or (QUICK["epochs"] if q else EPOCHS)
+    steps = args.steps_per_epoch or (QUICK["steps_per_epoch"] if q else STEPS)
+    regimes = list(dict.fromkeys(args.regimes or (QUICK["regimes"] if q else ["1v", "2v", "10%"])))
+    seeds = args.seeds if args.seeds is not None else (QUICK["seeds"] if q else [0, 1, 2])
+    methods = args.methods or (QUICK["methods"] if q else all_methods())
+    known = all_methods()
+    bad = [m for m in methods if m not in known]
+    if bad:
+        ap.error(f"--methods: unknown {bad}; choose from {known}")
+    methods = list(dict.fromkeys([*SUPERVISED, *methods]))
+    semi = [m for m in methods if m not in SUPERVISED]
     suffix = "_quick" if q else ""
     out_json = args.out or REPO / "benchmarks" / "results" / f"label_efficiency{suffix}.json"
     out_png = args.plot or REPO / "benchmarks" / "results" / f"label_efficiency{suffix}.png"
@@ -250,111 +387,188 @@ def main(argv=None) -> int:
     ds = prepare(workdir, volumes)
     vendor_of = {s.volume: s.vendor or "" for s in ds.slices}
     train_vols, val_vols, test_vols = heldout(ds, n_val, n_test)
-    n_lab = {f"{f:g}": max(1, int(np.floor(f * len(train_vols) + 0.5))) for f in fractions}
+    n_lab = {r: n_labelled(r, len(train_vols)) for r in [*regimes, REFERENCE]}
     print(f"synthetic data: {len(ds)} B-scans in {volumes} volumes at {SIZE[0]}x{SIZE[1]} ({ds.path}); "
           f"{len(train_vols)} training, {len(val_vols)} validation, {len(test_vols)} test volumes; labelled volumes "
-          + ", ".join(f"{float(f):.0%} -> {n}" for f, n in n_lab.items()))
+          + ", ".join(f"{r} -> {n}" for r, n in n_lab.items()))
+    plan = [(seed, r, m) for seed in seeds for r in regimes for m in methods]
+    if not args.no_reference:
+        plan += [(seed, REFERENCE, "supervised") for seed in seeds]
+    est = estimate_seconds(plan, epochs, steps)
+    print(f"{len(plan)} runs of {epochs} x {steps} steps; methods {methods}; seeds {seeds}; estimated "
+          f"{est / 3600:.1f} h on 2 shared CPU cores (less where run folders are reused)")
 
-    plan = [(seed, f, m) for seed in seeds for f in fractions for m in METHODS]
     per_run = []
-    for i, (seed, f, method) in enumerate(plan, 1):
-        order = labelled_order(train_vols, vendor_of, seed)
-        lab = order[:n_lab[f"{f:g}"]]
-        split = write_split(ds, f"le-f{f:g}-s{seed}", lab, train_vols, val_vols, test_vols,
+    for i, (seed, regime, method) in enumerate(plan, 1):
+        order = labelled_order(train_vols, vendor_of, seed)   # a function of the seed only
+        lab = order[:n_lab[regime]]
+        split = write_split(ds, f"le-n{len(lab)}-s{seed}", lab, train_vols, val_vols, test_vols,
                             f"label efficiency: {len(lab)} of {len(train_vols)} training volumes labelled "
-                            f"(fraction {f:g}, seed {seed}); val/test fixed for every run")
-        run_dir = workdir / f"f{f:g}-s{seed}" / method
-        cfg = load_config(RECIPE, [f"data.path={ds.path}", f"data.split={split}", f"method.name={method}",
+                            f"(seed {seed}); val/test fixed for every run")
+        run_dir = workdir / f"n{len(lab)}-s{seed}" / method
+        cfg = load_config(RECIPE, [f"data.path={ds.path}", f"data.split={split}", *method_overrides(method),
                                    f"seed={seed}", f"trainer.max_epochs={epochs}",
                                    f"trainer.steps_per_epoch={steps}", "trainer.progress=false",
-                                   f"trainer.max_minutes={args.minutes}", f"name=le-f{f:g}-s{seed}-{method}",
+                                   f"trainer.max_minutes={args.minutes}", f"name=le-n{len(lab)}-s{seed}-{method}",
                                    f"method.mean_teacher.consistency_rampup_epochs={max(1, round(epochs / 4))}",
                                    *args.overrides])
-        print(f"\n[{i}/{len(plan)}] fraction {f:.0%} ({len(lab)} volumes), seed {seed}, {method} -> {run_dir}")
+        print(f"\n[{i}/{len(plan)}] {regime} ({len(lab)} labelled volume{'s' if len(lab) > 1 else ''}), "
+              f"seed {seed}, {method} -> {run_dir}")
         t0 = time.time()
-        ckpt, info = run_one(cfg, run_dir)
+        ckpt, _, info = run_training(cfg, run_dir)
         if info.get("global_step", epochs * steps) < epochs * steps:
             print(f"  WARNING: stopped by the {args.minutes} min cap after {info.get('global_step')} of "
                   f"{epochs * steps} steps")
         scores = score(ckpt, ds, split)
+        m = json.loads((run_dir / "metrics.json").read_text())
+        sps = m["train_seconds"] / m["global_step"] if m.get("global_step") else None
         wall = time.time() - t0
-        per_run.append({"seed": seed, "fraction": f, "method": method, "labelled_volumes": lab, "split": split,
+        per_run.append({"seed": seed, "regime": regime, "method": method, "labelled_volumes": lab, "split": split,
                         "run_dir": str(run_dir), "checkpoint": str(ckpt), "train": info,
-                        "wall_seconds": round(wall, 1), "scores": scores,
+                        "sec_per_step": sps, "wall_seconds": round(wall, 1), "scores": scores,
+                        "val_convergence": last_quarter_slope(val_curve(run_dir)) if method in SUPERVISED else None,
                         "config": config_to_dict(cfg)})
         done = time.time() - t_all
-        left = done / i * (len(plan) - i)
-        print(f"  {wall:.0f} s{' (reused)' if info.get('reused') else ''}; test mean foreground Dice: "
-              + ", ".join(f"{w} {s['mean_foreground']:.3f}" for w, s in scores.items())
-              + f" | elapsed {done / 60:.1f} min, ~{left / 60:.1f} min left")
+        print(f"  {wall:.0f} s{' (reused)' if info.get('reused') else ''}, {_f(sps)} s/step; mean foreground Dice "
+              f"({scores['weights']}): val {scores['val']['mean_foreground']:.3f}, test "
+              f"{scores['test']['mean_foreground']:.3f} | elapsed {done / 60:.1f} min, "
+              f"~{done / i * (len(plan) - i) / 60:.1f} min left")
 
-    # ------------------------------------------------------------------ aggregate, table, plot
+    # ------------------------------------------------------------------ aggregate
     classes = list(ds.classes[1:])
-    summary: dict = {}
-    for f in fractions:
-        summary[f"{f:g}"] = {}
-        for method in METHODS:
-            runs = [r for r in per_run if r["fraction"] == f and r["method"] == method]
-            summary[f"{f:g}"][method] = {}
-            for weights in runs[0]["scores"]:
-                summary[f"{f:g}"][method][weights] = {
-                    "mean_foreground": spread([r["scores"][weights]["mean_foreground"] for r in runs]),
-                    "mean_foreground_per_volume": spread([r["scores"][weights]["mean_foreground_per_volume"]
-                                                          for r in runs]),
-                    "dice": {c: spread([r["scores"][weights]["dice"][c] for r in runs]) for c in classes},
-                    "seeds": [r["seed"] for r in runs],
-                }
-    fmt = lambda s: "n/a" if s["mean"] is None else f"{s['mean']:.3f} ± {s['std']:.3f}"  # noqa: E731
-    rows = []
-    for f in fractions:
-        for method in METHODS:
-            for weights, s in summary[f"{f:g}"][method].items():
-                mf = s["mean_foreground"]
-                rows.append([f"{f:.0%}", n_lab[f"{f:g}"], method, weights, fmt(mf),
-                             f"{mf['min']:.3f}-{mf['max']:.3f}", *(fmt(s["dice"][c]) for c in classes)])
-    print(f"\nTest set: {len(test_vols)} synthetic volumes ({sum(1 for x in ds.slices if x.volume in set(test_vols))} "
-          f"B-scans), the same for every run; {epochs} x {steps} steps per run; seeds {seeds}. Dice of hard masks "
-          f"pooled over the test B-scans, mean ± std (ddof=1) over seeds, and min-max:")
-    print_table(["labelled", "vols", "method", "weights", "mean fg Dice", "min-max", *classes], rows)
 
-    gains = {}
-    for f in fractions:
-        sup = summary[f"{f:g}"]["supervised"]["student"]["mean_foreground"]["mean"]
-        mt = summary[f"{f:g}"]["mean_teacher"]["teacher"]["mean_foreground"]["mean"]
-        gains[f"{f:g}"] = mt - sup
-    above = all(g > 0 for g in gains.values())
-    lowest = fractions[0]
-    targets = {
-        "mt_above_supervised_everywhere": {"gains": gains, "met": bool(above)},
-        "mt_gain_at_lowest_fraction": {"fraction": lowest, "target": f">= {TARGET_GAIN_LOWEST}",
-                                       "gain": gains[f"{lowest:g}"],
-                                       "met": bool(gains[f"{lowest:g}"] >= TARGET_GAIN_LOWEST),
-                                       "note": None if abs(lowest - 0.05) < 1e-9 else "target is stated for 5 %"},
-    }
-    print("\nMean Teacher (teacher) minus supervised, mean foreground Dice: "
-          + ", ".join(f"{float(f):.0%} {g:+.3f}" for f, g in gains.items()))
-    print(f"Target: Mean Teacher above supervised at every fraction -> {'met' if above else 'NOT met'}")
-    print(f"Target: Mean Teacher >= supervised + {TARGET_GAIN_LOWEST} at {lowest:.0%} -> "
-          f"{'met' if targets['mt_gain_at_lowest_fraction']['met'] else 'NOT met'} ({gains[f'{lowest:g}']:+.3f})")
+    def runs_of(regime, method):
+        return sorted((r for r in per_run if r["regime"] == regime and r["method"] == method), key=lambda r: r["seed"])
+
+    def summarise(runs):
+        return {"weights": sorted({r["scores"]["weights"] for r in runs}), "seeds": [r["seed"] for r in runs],
+                **{part: {"mean_foreground": spread([r["scores"][part]["mean_foreground"] for r in runs]),
+                          "mean_foreground_per_volume": spread([r["scores"][part]["mean_foreground_per_volume"]
+                                                                for r in runs]),
+                          "dice": {c: spread([r["scores"][part]["dice"][c] for r in runs]) for c in classes}}
+                   for part in ("val", "test")},
+                "sec_per_step": spread([r["sec_per_step"] for r in runs])}
+
+    summary, baseline, best_semi, convergence = {}, {}, {}, {}
+    for regime in regimes:
+        summary[regime] = {m: summarise(runs_of(regime, m)) for m in methods}
+        val_of = lambda m: summary[regime][m]["val"]["mean_foreground"]["mean"]  # noqa: E731
+        baseline[regime] = max(SUPERVISED, key=val_of)                 # chosen on validation, never on test
+        best_semi[regime] = max(semi, key=val_of) if semi else None
+        base_runs = {r["seed"]: r for r in runs_of(regime, baseline[regime])}
+        for m in methods:
+            summary[regime][m]["vs_best_supervised"] = paired(
+                [r["scores"]["test"]["mean_foreground"] - base_runs[r["seed"]]["scores"]["test"]["mean_foreground"]
+                 for r in runs_of(regime, m) if r["seed"] in base_runs])
+        convergence[regime] = {}
+        for m in SUPERVISED:
+            c = [r["val_convergence"] for r in runs_of(regime, m)]
+            convergence[regime][m] = {
+                "per_seed": c,
+                "slope_per_100_steps": spread([x["slope_per_100_steps"] for x in c]),
+                "rise": spread([x["rise"] for x in c])}
+    reference = summarise(runs_of(REFERENCE, "supervised")) if not args.no_reference else {}
+    if reference:
+        reference["val_convergence"] = [r["val_convergence"] for r in runs_of(REFERENCE, "supervised")]
+
+    # ------------------------------------------------------------------ tables
+    n_test_b = sum(1 for x in ds.slices if x.volume in set(test_vols))
+    print(f"\nTest set: {len(test_vols)} synthetic volumes ({n_test_b} B-scans), the same for every run; "
+          f"{epochs} x {steps} steps per run; seeds {seeds}. Dice of hard masks pooled over the test B-scans of the "
+          f"checkpoint's default network, mean ± sd over seeds; 'vs best sup' = paired difference to the better "
+          f"supervised baseline of the regime (chosen on validation, marked *) with its 95 % t-interval:")
+    rows = []
+    for regime in regimes:
+        for m in methods:
+            s = summary[regime][m]
+            p = s["vs_best_supervised"]
+            rows.append([regime, n_lab[regime], m + (" *" if m == baseline[regime] else ""), s["weights"][0],
+                         _ms(s["val"]["mean_foreground"]), _ms(s["test"]["mean_foreground"]),
+                         *(_ms(s["test"]["dice"][c]) for c in classes),
+                         "" if m == baseline[regime] else _f(p["mean"], sign=True),
+                         "" if m == baseline[regime] else _ci(p), _f(s["sec_per_step"]["mean"])])
+    if reference:
+        rows.append([REFERENCE, n_lab[REFERENCE], "supervised", reference["weights"][0],
+                     _ms(reference["val"]["mean_foreground"]), _ms(reference["test"]["mean_foreground"]),
+                     *(_ms(reference["test"]["dice"][c]) for c in classes), "", "",
+                     _f(reference["sec_per_step"]["mean"])])
+    print_table(["regime", "vols", "method", "weights", "val mean fg", "test mean fg", *classes,
+                 "vs best sup", "95% CI", "s/step"], rows)
+
+    print("\nHas supervised converged? Slope of its validation mean foreground Dice over the last quarter of the "
+          f"validation points (per 100 steps; rise over that stretch; 'plateau' if the rise < {PLATEAU}):")
+    crow = []
+    for regime in regimes + ([REFERENCE] if reference else []):
+        for m in (SUPERVISED if regime != REFERENCE else ("supervised",)):
+            cs = ([r["val_convergence"] for r in runs_of(regime, m)])
+            sl = spread([x["slope_per_100_steps"] for x in cs])
+            rise = spread([x["rise"] for x in cs])
+            verdict = "n/a" if rise["mean"] is None else ("plateau" if rise["mean"] < PLATEAU else "still rising")
+            crow.append([regime, m, _f(sl["mean"], 4, sign=True), _f(rise["mean"], 3, sign=True),
+                         cs[0]["points"] if cs else 0, verdict])
+    print_table(["regime", "method", "slope/100 steps", "rise", "points", "verdict"], crow)
+
+    # ------------------------------------------------------------------ targets
+    targets = {}
+    print()
+    for regime in TARGET_GAIN_REGIMES:
+        key = f"semi_gain_at_{regime}"
+        if regime not in regimes or not best_semi.get(regime):
+            targets[key] = {"met": None, "note": "regime or semi-supervised methods not run"}
+            print(f"Target: best semi-supervised >= best supervised + {TARGET_GAIN} at {regime}: not run")
+            continue
+        b = best_semi[regime]
+        p = summary[regime][b]["vs_best_supervised"]
+        met = bool(p["mean"] is not None and p["mean"] >= TARGET_GAIN and p["ci95"] is not None and p["ci95"][0] > 0)
+        targets[key] = {"target": f"gain >= {TARGET_GAIN}, 95 % CI above 0", "best_semi": b,
+                        "baseline": baseline[regime], "gain": p["mean"], "ci95": p["ci95"], "met": met,
+                        "all_methods": {m: {"gain": summary[regime][m]["vs_best_supervised"]["mean"],
+                                            "ci95": summary[regime][m]["vs_best_supervised"]["ci95"]} for m in semi}}
+        print(f"Target: best semi-supervised ({b}, chosen on validation) >= best supervised ({baseline[regime]}) + "
+              f"{TARGET_GAIN} at {regime}, 95 % CI > 0 -> {'met' if met else 'NOT met'} "
+              f"(gain {_f(p['mean'], sign=True)}, CI {_ci(p)})")
+    if "mean_teacher" in methods:
+        g = {r: summary[r]["mean_teacher"]["vs_best_supervised"] for r in regimes}
+        met = all(x["mean"] is not None and x["mean"] > 0 for x in g.values())
+        targets["mean_teacher_above_supervised"] = {"gains": {r: x["mean"] for r, x in g.items()},
+                                                    "ci95": {r: x["ci95"] for r, x in g.items()}, "met": bool(met)}
+        print("Target: Mean Teacher above the best supervised baseline in every regime -> "
+              f"{'met' if met else 'NOT met'} (" + ", ".join(f"{r} {_f(x['mean'], sign=True)} {_ci(x)}"
+                                                            for r, x in g.items()) + ")")
+    if reference and "1v" in regimes:
+        best1 = max(methods, key=lambda m: summary["1v"][m]["val"]["mean_foreground"]["mean"])
+        got = summary["1v"][best1]["test"]["mean_foreground"]["mean"]
+        ref = reference["test"]["mean_foreground"]["mean"]
+        met = bool(got >= STRETCH_FRACTION * ref)
+        targets["stretch_1v_vs_all_labelled"] = {"best_method": best1, "dice": got, "all_labelled": ref,
+                                                 "ratio": got / ref if ref else None, "met": met}
+        print(f"Stretch: best method at 1v ({best1}, chosen on validation) >= {STRETCH_FRACTION:.0%} of supervised "
+              f"with all {n_lab[REFERENCE]} volumes labelled -> {'met' if met else 'NOT met'} "
+              f"({got:.3f} vs {ref:.3f}: {got / ref:.0%})")
+    else:
+        targets["stretch_1v_vs_all_labelled"] = {"met": None, "note": "1v or the reference run not run"}
+        print("Stretch: best method at 1v vs supervised with all volumes labelled: not run (needs 1v and the reference)")
     if q:
         print("(--quick: a smoke run of a few steps on a small dataset; these figures mean nothing)")
 
-    plot(out_png, summary, fractions, n_lab, per_run)
+    plot(out_png, summary, regimes, methods, n_lab, reference, " — quick smoke run" if q else "", per_run)
     figures = {
         "settings": {
             "recipe": RECIPE, "synthetic": dict(SYNTH, volumes=volumes), "data_seed": DATA_SEED,
             "heldout_seed": HELDOUT_SEED, "size": list(SIZE), "epochs": epochs, "steps_per_epoch": steps,
-            "seeds": seeds, "fractions": fractions, "labelled_volumes": n_lab, "minutes_cap": args.minutes,
-            "threads": args.threads, "quick": q, "overrides": args.overrides,
+            "seeds": seeds, "regimes": regimes, "methods": methods, "labelled_volumes": n_lab,
+            "minutes_cap": args.minutes, "threads": args.threads, "quick": q, "overrides": args.overrides,
             "consistency_rampup_epochs": max(1, round(epochs / 4)), "workdir": str(workdir),
-            "checkpoint": "best.ckpt, selected on the validation volumes (teacher's Dice for Mean Teacher)",
-            "metric": "Dice of hard label maps pooled over the test B-scans; mean foreground = mean over IRF, SRF, PED",
+            "checkpoint": "best.ckpt (selected on validation); scored: the checkpoint's default network "
+                          "(teacher for mean_teacher and bcp)",
+            "baseline": "the better of supervised / supervised_strong per regime on validation mean foreground Dice",
+            "metric": "Dice of hard label maps pooled over the B-scans; mean foreground = mean over IRF, SRF, PED",
+            "interval": "paired per-seed differences, mean ± t(0.975, n-1) sd / sqrt(n)",
         },
         "volumes": {"train": train_vols, "val": val_vols, "test": test_vols},
-        "summary": summary,
-        "targets": targets,
-        "runs": per_run,
-        "plot": str(out_png),
+        "best_supervised": baseline, "best_semi_supervised": best_semi,
+        "summary": summary, "reference_all_labelled": reference, "convergence": convergence,
+        "targets": targets, "runs": per_run, "plot": str(out_png),
         "total_seconds": round(time.time() - t_all, 1),
     }
     path = write_results(out_json, "label_efficiency", figures)
