@@ -44,6 +44,18 @@ def make_tiny_checkpoint(path, classes=("background", "IRF", "SRF", "PED"), inpu
 
 
 @pytest.fixture
+def one_thread():
+    """Tiny models: a second intra-op thread only adds synchronisation, which costs up to 100x when
+    another process keeps the cores busy (as on a shared CI runner)."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture
 def tiny_checkpoint(tmp_path) -> Path:
     return make_tiny_checkpoint(tmp_path / "tiny.ckpt")
 

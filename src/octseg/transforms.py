@@ -14,9 +14,14 @@ def normalise(x: torch.Tensor, norm: dict) -> torch.Tensor:
     return (x - norm["mean"]) / norm["std"]
 
 
+def to_unit(images_u8: torch.Tensor) -> torch.Tensor:
+    """uint8 (N, H, W) -> float (N, 1, H, W) in [0, 1]: the views methods and augmentation work on."""
+    return images_u8.to(torch.float32).div_(255.0).unsqueeze(1)
+
+
 def to_model_input(images_u8: torch.Tensor, norm: dict) -> torch.Tensor:
     """uint8 (N, H, W) -> normalised float (N, 1, H, W)."""
-    return normalise(images_u8.to(torch.float32).div_(255.0).unsqueeze(1), norm)
+    return normalise(to_unit(images_u8), norm)
 
 
 def resize_images(x: torch.Tensor, size) -> torch.Tensor:

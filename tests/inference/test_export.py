@@ -17,16 +17,11 @@ from octseg.checkpoint import load_network
 from octseg.cli import main
 from octseg.errors import CheckpointError
 from octseg.inference.export import export_onnx, read_onnx_meta
-from octseg.transforms import to_model_input
 from octseg.inference.predictor import Predictor
+from octseg.transforms import to_model_input
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny models: see tests/test_predict.py
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _session(path):

@@ -17,23 +17,15 @@ from PIL import Image
 
 import octseg
 from octseg.cli import main
-from octseg.io.images import to_uint8
 from octseg.data.synthetic import write_synthetic_dataset
 from octseg.errors import CheckpointError, ConfigError
 from octseg.inference.postprocess import parse_min_sizes, remove_small_components
 from octseg.inference.predictor import Predictor, to_uint8_stack
+from octseg.io.images import to_uint8
 
 K = 4  # tiny_checkpoint's classes: background, IRF, SRF, PED
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models: a second intra-op thread only adds synchronisation, which costs up to
-    100x when another process keeps the cores busy (as on a shared CI runner)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture

@@ -188,17 +188,7 @@ def test_companion_files_that_are_not_regular_files(tmp_path):
 # --- octseg predict on a folder with bad entries ----------------------------------------------------
 
 
-@pytest.fixture
-def _one_thread():
-    import torch
-
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-def test_cli_predict_skips_fifo_and_fails_bomb_among_good_images(tmp_path, tiny_checkpoint, capsys, _one_thread):
+def test_cli_predict_skips_fifo_and_fails_bomb_among_good_images(tmp_path, tiny_checkpoint, capsys, one_thread):
     src = tmp_path / "scans"
     src.mkdir()
     rng = np.random.default_rng(0)

@@ -22,12 +22,7 @@ from octseg.errors import DataError
 from octseg.io.outputs import RECORD_DIR, OutputFolder, atomic_write, atomic_write_text, check_output_file
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _cli(capsys, *argv):

@@ -46,12 +46,7 @@ def _ctx(step: int, valid_u, seed: int = 7) -> StepContext:
                        augmenter=Augmenter(AugmentConfig()), valid_u=valid_u)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.mark.parametrize("name", sorted(METHODS))

@@ -43,7 +43,7 @@ def to_uint8_stack(array) -> tuple[np.ndarray, bool]:
     Floats within [0, 1] are scaled by 255; other floats are min-max scaled per image.
     NaN or infinite values are a :class:`DataError` (never silently 0).
     """
-    from octseg.io.images import to_uint8
+    from octseg.io.images import nonfinite_problem, to_uint8
 
     a = np.asarray(array)
     if a.ndim == 2:
@@ -61,12 +61,9 @@ def to_uint8_stack(array) -> tuple[np.ndarray, bool]:
     if a.dtype == np.uint8:
         return a, single
     if a.dtype.kind == "f":
-        finite = np.isfinite(a)
-        if not finite.all():
-            n_nan = int(np.isnan(a).sum())
-            n_bad = int(a.size - np.count_nonzero(finite))
-            raise DataError("input array", f"{n_bad} NaN/inf values ({n_nan} NaN, {n_bad - n_nan} inf) among "
-                                           f"{a.size}; replace them with finite intensities")
+        problem = nonfinite_problem(a, "values")
+        if problem:
+            raise DataError("input array", problem)
         big = a.dtype.itemsize > 4 and a.size and np.abs(a).max() > np.finfo(np.float32).max
         a = a.astype(np.float64 if big else np.float32, copy=False)  # float32 would make them inf
         if a.size and a.min() >= 0.0 and a.max() <= 1.0:

@@ -145,8 +145,8 @@ def _decode(path: Path) -> Image.Image:
 # Intensities
 
 
-def _nonfinite_problem(a: np.ndarray) -> Optional[str]:
-    """"N NaN/inf pixel values (...)" when a float array has any, else None."""
+def nonfinite_problem(a: np.ndarray, what: str = "pixel values") -> Optional[str]:
+    """"N NaN/inf <what> (...)" when a float array has any, else None: octseg never guesses them."""
     if a.dtype.kind not in "fc":
         return None
     finite = np.isfinite(a)
@@ -154,7 +154,7 @@ def _nonfinite_problem(a: np.ndarray) -> Optional[str]:
         return None
     n_nan = int(np.isnan(a).sum())
     n_inf = int(a.size - finite.sum()) - n_nan
-    return (f"{n_nan + n_inf} NaN/inf pixel values ({n_nan} NaN, {n_inf} inf) of {a.size}; "
+    return (f"{n_nan + n_inf} NaN/inf {what} ({n_nan} NaN, {n_inf} inf) of {a.size}; "
             f"octseg does not guess intensities: replace them with finite values")
 
 
@@ -175,7 +175,7 @@ def to_uint8(arr: np.ndarray, source=None) -> np.ndarray:
     a = np.asarray(arr)
     if a.dtype == bool:
         return a.astype(np.uint8) * 255
-    problem = _nonfinite_problem(a)
+    problem = nonfinite_problem(a)
     if problem:
         raise DataError(source if source is not None else "input array", problem)
     lo, hi = a.min(), a.max()

@@ -95,7 +95,8 @@ def atomic_write_text(path, text: str, fsync: bool = True) -> Path:
 
 
 def _is_octseg_file(path: Path) -> bool:
-    """Whether an existing file carries octseg's mark (JSON ``written_by``, PNG ``Software``, ONNX producer)."""
+    """Whether an existing file carries octseg's mark (JSON ``written_by``, PNG ``Software``, ONNX producer,
+    HTML ``generator``)."""
     suffix = path.suffix.lower()
     try:
         if suffix == ".json":
@@ -106,6 +107,9 @@ def _is_octseg_file(path: Path) -> bool:
 
             with Image.open(path) as im:
                 return str(im.info.get("Software", "")).startswith("octseg")
+        if suffix in (".html", ".htm"):
+            with open(path, "rb") as fh:
+                return b'<meta name="generator" content="octseg' in fh.read(4096)
         if suffix == ".onnx":
             with open(path, "rb") as fh:  # producer_name "octseg" sits in the first bytes of the proto
                 return b"\x12\x06octseg" in fh.read(4096)
@@ -170,12 +174,13 @@ class OutputFolder:
     """
 
     def __init__(self, path, command: str, *, overwrite: bool = False, reuse: bool = False, whole: bool = False,
-                 protect: Iterable = (), legacy: Callable[[Path], bool] = lambda p: False):
+                 protect: Iterable = (), legacy: Callable[[Path], bool] = lambda p: False, keep_run_info: bool = False):
         self.path = Path(path)
         self.command = command
         self.overwrite, self.reuse, self.whole = bool(overwrite), bool(reuse), bool(whole)
         self.protect = [p for p in protect if p]
         self.legacy = legacy  # recognises a folder written by an octseg from before these records
+        self.keep_run_info = keep_run_info  # an addition (a report) leaves the folder's run.json as it was
         self._lock_fh = None
         self._files_fh = None
         self._recorded: set[str] = set()
@@ -312,6 +317,8 @@ class OutputFolder:
         (self.record / "files.txt").unlink(missing_ok=True)
 
     def _write_run_info(self, status: str) -> None:
+        if self.keep_run_info:
+            return
         info = self._run_info() if status != "running" else None
         doc = dict(info or {}, command=self.command, status=status, pid=os.getpid(),
                    argv=sys.argv[1:], octseg_version=_version())

@@ -1,4 +1,4 @@
-"""Pieces shared by the pseudo-label methods (FixMatch, UniMatch, CPS, BCP): confident targets,
+"""Pieces shared by the pseudo-label methods (FixMatch, UniMatch, CPS, BCP): confident targets on weak views,
 CutMix of views with their targets, and the masked cross-entropy they all average the same way."""
 
 from __future__ import annotations
@@ -7,14 +7,6 @@ import torch
 import torch.nn.functional as F
 
 from octseg.constants import IGNORE_INDEX
-
-
-def confident_targets(prob: torch.Tensor, threshold: float, valid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(pseudo-labels (N, H, W) with IGNORE_INDEX where the top probability is below ``threshold`` or
-    the pixel is not valid, confidence (N, H, W)) from class probabilities (N, K, H, W)."""
-    conf, pseudo = prob.max(1)
-    keep = (conf >= threshold) & valid
-    return torch.where(keep, pseudo, torch.full_like(pseudo, IGNORE_INDEX)), conf
 
 
 def strong_view(x: torch.Tensor, targets, valid: torch.Tensor, ctx, cutmix: bool):
@@ -43,11 +35,12 @@ def masked_ce(logits: torch.Tensor, targets: torch.Tensor, valid: torch.Tensor) 
 
 
 def weak_targets(net, x_u: torch.Tensor, ctx, threshold: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """(pseudo-labels of ``net`` on the weak views, validity): confident and valid pixels only, no gradient."""
+    """(pseudo-labels of ``net`` on the weak views, validity): IGNORE_INDEX where the top class
+    probability is below ``threshold`` or the pixel is not valid; no gradient."""
     valid = valid_or_all(x_u, ctx)
     with torch.no_grad():
-        target, _ = confident_targets(net(ctx.normalise(x_u)).float().softmax(1), threshold, valid)
-    return target, valid
+        conf, pseudo = net(ctx.normalise(x_u)).float().softmax(1).max(1)
+    return torch.where((conf >= threshold) & valid, pseudo, torch.full_like(pseudo, IGNORE_INDEX)), valid
 
 
 def valid_or_all(x_u: torch.Tensor, ctx) -> torch.Tensor:

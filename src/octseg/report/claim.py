@@ -14,11 +14,6 @@ from octseg.errors import DataError
 from octseg.io.outputs import OutputFolder
 
 
-class _ReportClaim(OutputFolder):
-    def _write_run_info(self, status: str) -> None:  # the folder stays the earlier command's
-        return None
-
-
 def claim_for_report(folder, command: str) -> OutputFolder:
     """The claim on ``folder`` (written by ``octseg COMMAND``) for writing its report.
 
@@ -28,4 +23,4 @@ def claim_for_report(folder, command: str) -> OutputFolder:
     info = OutputFolder(folder, command)._run_info()
     if info is not None and info.get("command") not in (command, None):
         raise DataError(folder, f"holds the output of octseg {info.get('command')}, not of octseg {command}")
-    return _ReportClaim(folder, command, reuse=True, whole=command != "predict")
+    return OutputFolder(folder, command, reuse=True, whole=command != "predict", keep_run_info=True)

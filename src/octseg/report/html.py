@@ -107,16 +107,6 @@ def page(title: str, body: str, css: str = "", script: str = "", subtitle: str =
             f"<h1>{esc(title)}</h1>{sub}\n{body}\n{js}\n</body></html>\n")
 
 
-def is_octseg_page(path: Path) -> bool:
-    """Whether an existing file is an HTML page written by ``octseg report``."""
-    try:
-        with open(path, "rb") as fh:
-            head = fh.read(4096)
-    except OSError:
-        return False
-    return f'<meta name="generator" content="{GENERATOR}'.encode() in head
-
-
 def fmt_num(x: Optional[float], digits: int = 4) -> str:
     if x is None:
         return ""

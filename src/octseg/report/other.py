@@ -154,12 +154,11 @@ def build_benchmark_html(path) -> str:
 def write_benchmark_report(path, out: Optional[Path] = None, overwrite: bool = False) -> SimpleReport:
     """``NAME.html`` beside the JSON (or ``out``); replaces only a page octseg wrote, unless ``overwrite``."""
     from octseg.io.outputs import atomic_write_text, check_output_file
-    from octseg.report.html import is_octseg_page
 
     t0 = time.perf_counter()
     path = Path(path)
     out = Path(out) if out is not None else path.with_suffix(".html")
-    check_output_file(out, overwrite or is_octseg_page(out), protect=[path])
+    check_output_file(out, overwrite, protect=[path])
     text = build_benchmark_html(path)
     written = atomic_write_text(out, text)
     return SimpleReport(written, time.perf_counter() - t0, written.stat().st_size)

@@ -20,7 +20,7 @@ from octseg.losses import SegmentationLoss
 from octseg.methods import StepContext, build_method
 from octseg.metrics.functional import confusion_matrix_torch, dice_from_confusion_torch
 from octseg.optim import configure_optimization
-from octseg.transforms import normalise, resize_images, resize_labels
+from octseg.transforms import normalise, resize_images, resize_labels, to_unit
 
 
 class SegmentationModule(L.LightningModule):
@@ -44,8 +44,7 @@ class SegmentationModule(L.LightningModule):
         return g
 
     def _to_float(self, u8: torch.Tensor) -> torch.Tensor:
-        x = u8.to(torch.float32).div_(255.0).unsqueeze(1)
-        return resize_images(x, self.input_size)
+        return resize_images(to_unit(u8), self.input_size)
 
     def _normalise(self, x: torch.Tensor) -> torch.Tensor:
         x = normalise(x, self.norm)

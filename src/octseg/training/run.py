@@ -156,12 +156,14 @@ def _check_resume_split(split: dict, run_dir: Path) -> None:
         saved = json.loads(saved_path.read_text())
     except (OSError, ValueError) as exc:
         raise DataError(saved_path, f"cannot read the run's split ({exc})") from None
-    if saved.get("parts") == split.get("parts"):
+    old, new = saved.get("parts", {}), split.get("parts", {})
+    if old == new:
         return
-    changed = [f"{k} {len(saved.get('parts', {}).get(k, []))} -> {len(split.get('parts', {}).get(k, []))} B-scans"
-               if len(saved.get("parts", {}).get(k, [])) != len(split.get("parts", {}).get(k, [])) else f"{k} changed"
-               for k in sorted(set(saved.get("parts", {})) | set(split.get("parts", {})))
-               if saved.get("parts", {}).get(k) != split.get("parts", {}).get(k)]
+    changed = []
+    for k in sorted(set(old) | set(new)):
+        a, b = old.get(k, []), new.get(k, [])
+        if a != b:
+            changed.append(f"{k} {len(a)} -> {len(b)} B-scans" if len(a) != len(b) else f"{k} changed")
     raise DataError(saved_path, f"--resume: the split {split.get('name')!r} of the dataset differs from the one this "
                                 f"run started with ({'; '.join(changed)}); restore the original split file, or start "
                                 f"a new run in another folder")

@@ -67,16 +67,21 @@ def write_synthetic_dataset(out, volumes: int, *, vendors: Sequence[str] = VENDO
     if real_reference is not None and not Path(real_reference).is_file():
         raise DataError(real_reference, "real reference image not found")
     out = Path(out)
-    if preview is not None and out.resolve() not in Path(preview).resolve().parents:
-        check_output_file(preview, overwrite)
+    # a preview inside OUT is one of the synth run's files; one elsewhere follows the single-file rule
+    preview_rel = None
+    if preview is not None:
+        if out.resolve() in Path(preview).resolve().parents:
+            preview_rel = Path(preview).resolve().relative_to(out.resolve())
+        else:
+            check_output_file(preview, overwrite)
     with OutputFolder(out, "synth", overwrite=overwrite) as folder:
         return _write_synthetic(folder, volumes, keys=keys, fmt=fmt, slices=slices, scale=scale, seed=seed,
-                                fluid_free_fraction=fluid_free_fraction, preview=preview,
+                                fluid_free_fraction=fluid_free_fraction, preview=preview, preview_rel=preview_rel,
                                 real_reference=real_reference, progress=progress)
 
 
 def _write_synthetic(folder, volumes: int, *, keys, fmt, slices, scale, seed, fluid_free_fraction, preview,
-                     real_reference, progress) -> dict:
+                     preview_rel, real_reference, progress) -> dict:
     """Generate the volumes into the claimed ``folder``; the summary dict of write_synthetic_dataset."""
     from tqdm import tqdm
 
@@ -127,8 +132,7 @@ def _write_synthetic(folder, volumes: int, *, keys, fmt, slices, scale, seed, fl
                                       slices=min(slices or 9, 9), scale=scale)
                 s = _fluid_slice(vol)
                 samples[key] = (vol.image[s], vol.labels[s])
-        inside = out.resolve() in Path(preview).resolve().parents
-        target = folder.file(Path(preview).resolve().relative_to(out.resolve())) if inside else preview
+        target = folder.file(preview_rel) if preview_rel is not None else preview
         render_preview([(k, *samples[k]) for k in dict.fromkeys(keys)], target, real_reference)
         text += f"\npreview -> {preview}"
     return {"text": text, "out": str(out), "format": fmt, "volumes": len(rows), "bscans": n_bscans,
