@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 
 $(BIN)/octseg: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install -e '.[dev]'
+	$(BIN)/python -m pip install -e '.[dev,formats]'
 	touch $(BIN)/octseg
 
 install: $(BIN)/octseg

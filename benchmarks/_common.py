@@ -1,13 +1,18 @@
-"""Shared by the benchmarks: machine description and the JSON/table output."""
+"""Shared by the benchmarks: machine description, the JSON/table output, the methods compared and
+the statistics every method comparison reports."""
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import platform
 import sys
 import time
+import warnings
 from pathlib import Path
+
+import numpy as np
 
 
 def machine_info() -> dict:
@@ -37,6 +42,73 @@ def machine_info() -> dict:
     return info
 
 
+#: The two supervised baselines every semi-supervised method is compared with (the better one, chosen
+#: on validation): plain, and with the strong augmentation the semi-supervised methods use.
+SUPERVISED = ("supervised", "supervised_strong")
+EXTRA = {"supervised_strong": ("supervised", ["augment.strong=true"])}  # name -> (method.name, overrides)
+
+
+def quiet_lightning() -> None:
+    """Keep the console to octseg's own lines: Lightning sets its loggers to INFO when imported."""
+    import lightning.pytorch  # noqa: F401 - imported first, so the levels below are not reset
+
+    for name in ("lightning", "lightning.pytorch", "lightning.fabric", "pytorch_lightning"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    for msg in (".*LeafSpec.*", ".*litlogger.*", ".*does not have many workers.*",
+                ".*smaller than the logging interval.*", ".*exists and is used as written.*"):
+        warnings.filterwarnings("ignore", message=msg)
+
+
+def all_methods() -> list:
+    from octseg.methods import METHODS
+
+    names = list(METHODS)
+    return names[:1] + ["supervised_strong"] + names[1:] if "supervised" in names else names + ["supervised_strong"]
+
+
+def method_overrides(name: str) -> list:
+    base, extra = EXTRA.get(name, (name, []))
+    return [f"method.name={base}", *extra]
+
+
+def spread(values) -> dict:
+    v = np.array([np.nan if x is None else x for x in values], dtype=float)
+    v = v[~np.isnan(v)]
+    if len(v) == 0:
+        return {"mean": None, "sd": None, "min": None, "max": None, "n": 0}
+    return {"mean": float(v.mean()), "sd": float(v.std(ddof=1)) if len(v) > 1 else None,
+            "min": float(v.min()), "max": float(v.max()), "n": int(len(v))}
+
+
+def paired(diffs) -> dict:
+    """Mean paired difference and its 95 % t-interval (df = n - 1); no interval with one seed."""
+    from scipy import stats
+
+    d = np.array([x for x in diffs if x is not None], dtype=float)
+    n = len(d)
+    out = {"n": n, "mean": float(d.mean()) if n else None, "sd": None, "ci95": None, "diffs": d.tolist()}
+    if n >= 2:
+        sd = float(d.std(ddof=1))
+        half = float(stats.t.ppf(0.975, n - 1)) * sd / np.sqrt(n)
+        out.update(sd=sd, ci95=[float(d.mean() - half), float(d.mean() + half)])
+    return out
+
+
+def fmt(x, nd=3, sign=False):
+    """A figure for a table; "n/a" for None."""
+    return "n/a" if x is None else (f"{x:+.{nd}f}" if sign else f"{x:.{nd}f}")
+
+
+def mean_sd(s):
+    """``spread`` as "mean ± sd"."""
+    return "n/a" if s["mean"] is None else f"{s['mean']:.3f} ± {fmt(s['sd'])}"
+
+
+def ci_text(p):
+    """``paired``'s 95 % interval as text."""
+    return "n/a (n = 1)" if p["ci95"] is None else f"[{p['ci95'][0]:+.3f}, {p['ci95'][1]:+.3f}]"
+
+
 def write_results(path, name: str, figures: dict) -> Path:
     """Write ``{"benchmark", "machine", "figures"}`` as JSON and return the path."""
     path = Path(path)
@@ -58,15 +130,15 @@ def print_table(headers, rows) -> None:
 def run_training(cfg, run_dir: Path) -> tuple[Path, Path, dict]:
     """Train one recipe into ``run_dir``: reuse a finished run with the same config, resume an
     interrupted one, refuse a folder holding other settings. Returns (best, last, info)."""
-    import yaml
-
-    from octseg.config import config_to_dict
+    from octseg.config import config_to_dict, load_config
     from octseg.training.run import train
 
     last = run_dir / "checkpoints" / "last.ckpt"
     info = {"reused": False, "resumed": False}
     if last.is_file():
-        saved = yaml.safe_load((run_dir / "config.yaml").read_text()) if (run_dir / "config.yaml").is_file() else None
+        saved = None
+        if (run_dir / "config.yaml").is_file():  # read through the schema: keys added since get their defaults
+            saved = json.loads(json.dumps(config_to_dict(load_config(run_dir / "config.yaml"))))
         now = json.loads(json.dumps(config_to_dict(cfg)))
         for c in (saved, now):  # the wall-clock cap is a safety net, not a setting of the result
             (c or {}).get("trainer", {}).pop("max_minutes", None)

@@ -7,8 +7,11 @@ vendor, drawn once with a fixed seed); the other 48 volumes train.
 
 Regimes (``--regimes``, default ``1v 2v 10%``): ``Nv`` labels N training volumes, ``P%`` labels
 max(1, round(P/100 x 48)) of them (10 % -> 5); the other training volumes are the unlabelled pool.
-The labelled volumes are a function of the seed only: one vendor-interleaved random order of the
-training volumes per seed, a regime labels its first n (nested subsets), one split file per
+The labelled volumes are a function of the seed only: one random order of the training volumes per
+seed, a regime labels its first n (nested subsets). The first is drawn among the training volumes
+that show all three fluid classes (as a user labelling one volume would pick one that shows them;
+a random volume often has one class only, and no method can learn a class it never saw labelled);
+the others follow with vendors interleaved, one split file per
 (regime, seed) (``PREPARED/splits/le-nN-sS.json``) shared by every method. The run seed (network
 initialisation, batch order, labelled augmentation, which the engine pairs by seed) is the same
 for every method: paired runs. A reference run per seed trains ``supervised`` with all 48
@@ -20,7 +23,9 @@ BETTER of the two supervised baselines of its regime, chosen on the validation m
 Dice (mean over seeds), never on test.
 
 Recipe: ``configs/demo_cpu.yaml`` (U-Net ResNet18 from scratch, dice+CE, AdamW 1e-3 cosine, batch
-4 labelled + 4 unlabelled, EMA 0.99, consistency weight 1) with ``--epochs`` x ``--steps-per-epoch``
+4 labelled + 4 unlabelled, EMA 0.99, consistency weight 1) with a lighter network (``MODEL``: timm's
+ResNet10-T encoder, decoder channels 64-32-16-8-4; a training step costs ~0.3x the recipe's, measured
+at batch 4 and 8 on 2 cores) with ``--epochs`` x ``--steps-per-epoch``
 steps (default 5 x 20 = 100, what the 3-hour budget allows on 2 CPU cores; Mean Teacher's
 consistency ramp-up is a quarter of the epochs).
 Checkpoint: ``best.ckpt``, selected on the validation volumes; the network scored is the
@@ -57,11 +62,9 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import logging
 import re
 import sys
 import time
-import warnings
 from collections import defaultdict
 from pathlib import Path
 
@@ -69,21 +72,24 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-from benchmarks._common import run_training, save_split, print_table, write_results  # noqa: E402
+from benchmarks._common import (SUPERVISED, all_methods, ci_text, fmt, mean_sd, method_overrides,  # noqa: E402
+                                paired, print_table, quiet_lightning, run_training, save_split, spread,
+                                write_results)
 
 RECIPE = "demo_cpu"
+# A light U-Net (timm ResNet10-T encoder, decoder 64-32-16-8-4): a training step costs ~0.3x the recipe's
+# ResNet18 / 256-...-16 one on a CPU, so runs can be long enough for supervised training to level off.
+MODEL = ["model.encoder=tu-resnet10t", "model.decoder_channels=[64,32,16,8,4]"]
 SYNTH = dict(volumes=72, slices=6, scale=0.5, fluid_free_fraction=0.1)
 SIZE = (128, 128)
 DATA_SEED = 0          # the generator's seed: the data never changes between runs
 HELDOUT_SEED = 12345   # draws the validation and test volumes, once
 N_VAL, N_TEST = 9, 15  # volumes (divisible by the 3 vendor styles)
-SUPERVISED = ("supervised", "supervised_strong")   # the two baselines
-EXTRA = {"supervised_strong": ("supervised", ["augment.strong=true"])}  # name -> (method.name, overrides)
 REFERENCE = "all"      # supervised with every training volume labelled, one run per seed
 TARGET_GAIN = 0.05     # best semi-supervised over best supervised at 1v and 2v
 TARGET_GAIN_REGIMES = ("1v", "2v")
 STRETCH_FRACTION = 0.9  # best method at 1v vs supervised with all volumes labelled
-EPOCHS, STEPS = 5, 20  # default run length: what fits ~3 h on 2 CPU cores (see the estimate in the docstring)
+EPOCHS, STEPS = 10, 30  # default run length (300 steps; see the estimate in the docstring)
 PLATEAU = 0.01         # rise of validation Dice over the last quarter below which supervised "has converged"
 QUICK = {"volumes": 24, "n_val": 3, "n_test": 6, "epochs": 2, "steps_per_epoch": 3,
          "regimes": ["1v", "2v"], "seeds": [0],
@@ -99,29 +105,6 @@ RUN_S, EPOCH_S = 8.0, 4.0
 def estimate_seconds(plan, epochs: int, steps: int) -> float:
     return sum(SEC_PER_STEP.get(m, max(SEC_PER_STEP.values())) * epochs * steps + RUN_S + EPOCH_S * epochs
                for _, _, m in plan)
-
-
-def _quiet() -> None:
-    """Keep the console to octseg's own lines: Lightning sets its loggers to INFO when imported."""
-    import lightning.pytorch  # noqa: F401 - imported first, so the levels below are not reset
-
-    for name in ("lightning", "lightning.pytorch", "lightning.fabric", "pytorch_lightning"):
-        logging.getLogger(name).setLevel(logging.WARNING)
-    for msg in (".*LeafSpec.*", ".*litlogger.*", ".*does not have many workers.*",
-                ".*smaller than the logging interval.*", ".*exists and is used as written.*"):
-        warnings.filterwarnings("ignore", message=msg)
-
-
-def all_methods() -> list:
-    from octseg.methods import METHODS
-
-    names = list(METHODS)
-    return names[:1] + ["supervised_strong"] + names[1:] if "supervised" in names else names + ["supervised_strong"]
-
-
-def method_overrides(name: str) -> list:
-    base, extra = EXTRA.get(name, (name, []))
-    return [f"method.name={base}", *extra]
 
 
 # ----------------------------------------------------------------------------- data and splits
@@ -168,15 +151,31 @@ def heldout(ds, n_val: int, n_test: int) -> tuple[list, list, list]:
     return sorted(train), sorted(val), sorted(test)
 
 
-def labelled_order(train: list, vendor_of: dict, seed: int) -> list:
-    """A seed's order of the training volumes, vendors interleaved (every prefix is balanced)."""
+def labelled_order(train: list, vendor_of: dict, seed: int, complete: set) -> list:
+    """A seed's order of the training volumes: first a volume drawn from ``complete`` (those showing
+    every fluid class), then the others with vendors interleaved (every prefix is balanced)."""
     rng = np.random.default_rng([seed, 7])
-    groups = {g: [vs[i] for i in rng.permutation(len(vs))] for g, vs in _by_vendor(train, vendor_of).items()}
+    candidates = sorted(v for v in train if v in complete)
+    if not candidates:
+        raise SystemExit("no training volume shows every fluid class: the 1-volume regime could never learn them")
+    first = candidates[int(rng.integers(len(candidates)))]
+    rest = [v for v in train if v != first]
+    groups = {g: [vs[i] for i in rng.permutation(len(vs))] for g, vs in _by_vendor(rest, vendor_of).items()}
     vendors = [list(groups)[i] for i in rng.permutation(len(groups))]
-    order = []
+    order = [first]
     for i in range(max(len(v) for v in groups.values())):
         order += [groups[g][i] for g in vendors if i < len(groups[g])]
     return order
+
+
+def complete_volumes(ds) -> set:
+    """The volumes whose labelled B-scans show every foreground class."""
+    seen = defaultdict(set)
+    for i, s in enumerate(ds.slices):
+        if s.labelled:
+            seen[s.volume] |= set(np.unique(np.asarray(ds.masks[i])).tolist())
+    need = set(range(1, len(ds.classes)))
+    return {v for v, c in seen.items() if need <= c}
 
 
 def n_labelled(regime: str, n_train: int) -> int:
@@ -256,41 +255,6 @@ def last_quarter_slope(curve: list) -> dict:
             "steps": [int(x[0]), int(x[-1])]}
 
 
-def spread(values) -> dict:
-    v = np.array([np.nan if x is None else x for x in values], dtype=float)
-    v = v[~np.isnan(v)]
-    if len(v) == 0:
-        return {"mean": None, "sd": None, "min": None, "max": None, "n": 0}
-    return {"mean": float(v.mean()), "sd": float(v.std(ddof=1)) if len(v) > 1 else None,
-            "min": float(v.min()), "max": float(v.max()), "n": int(len(v))}
-
-
-def paired(diffs) -> dict:
-    """Mean paired difference and its 95 % t-interval (df = n - 1); no interval with one seed."""
-    from scipy import stats
-
-    d = np.array([x for x in diffs if x is not None], dtype=float)
-    n = len(d)
-    out = {"n": n, "mean": float(d.mean()) if n else None, "sd": None, "ci95": None, "diffs": d.tolist()}
-    if n >= 2:
-        sd = float(d.std(ddof=1))
-        half = float(stats.t.ppf(0.975, n - 1)) * sd / np.sqrt(n)
-        out.update(sd=sd, ci95=[float(d.mean() - half), float(d.mean() + half)])
-    return out
-
-
-def _f(x, nd=3, sign=False):
-    return "n/a" if x is None else (f"{x:+.{nd}f}" if sign else f"{x:.{nd}f}")
-
-
-def _ms(s):
-    return "n/a" if s["mean"] is None else f"{s['mean']:.3f} ± {_f(s['sd'])}"
-
-
-def _ci(p):
-    return "n/a (1 seed)" if p["ci95"] is None else f"[{p['ci95'][0]:+.3f}, {p['ci95'][1]:+.3f}]"
-
-
 def plot(path: Path, summary: dict, regimes, methods, n_lab: dict, reference: dict, title_note: str,
          per_run: list = ()) -> None:
     import matplotlib
@@ -330,6 +294,16 @@ def plot(path: Path, summary: dict, regimes, methods, n_lab: dict, reference: di
     plt.close(fig)
 
 
+def run_config(ds, split: str, method: list, seed: int, epochs: int, steps: int, name: str, extra: list):
+    """The recipe of one run: the same for every method but for ``method`` (its overrides)."""
+    from octseg.config import load_config
+
+    return load_config(RECIPE, [f"data.path={ds.path}", f"data.split={split}", *MODEL, *method, f"seed={seed}",
+                                f"trainer.max_epochs={epochs}", f"trainer.steps_per_epoch={steps}",
+                                "trainer.progress=false", f"name={name}",
+                                f"method.mean_teacher.consistency_rampup_epochs={max(1, round(epochs / 4))}", *extra])
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", type=Path, default=None,
@@ -350,8 +324,8 @@ def main(argv=None) -> int:
     ap.add_argument("--epochs", type=int, default=None, help=f"default {EPOCHS} (--quick: {QUICK['epochs']})")
     ap.add_argument("--steps-per-epoch", type=int, default=None,
                     help=f"default {STEPS} (--quick: {QUICK['steps_per_epoch']})")
-    ap.add_argument("--minutes", type=float, default=10.0,
-                    help="per-run wall-clock cap, a safety net (default 10)")
+    ap.add_argument("--minutes", type=float, default=30.0,
+                    help="per-run wall-clock cap, a safety net (default 30)")
     ap.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2)")
     ap.add_argument("--quick", action="store_true", help=f"smoke run: {QUICK}")
     ap.add_argument("overrides", nargs="*", help="extra key=value config overrides for every run")
@@ -360,8 +334,8 @@ def main(argv=None) -> int:
     import torch
 
     torch.set_num_threads(args.threads)
-    _quiet()
-    from octseg.config import config_to_dict, load_config
+    quiet_lightning()
+    from octseg.config import config_to_dict
 
     q = args.quick
     volumes = QUICK["volumes"] if q else SYNTH["volumes"]
@@ -386,6 +360,7 @@ def main(argv=None) -> int:
     t_all = time.time()
     ds = prepare(workdir, volumes)
     vendor_of = {s.volume: s.vendor or "" for s in ds.slices}
+    complete = complete_volumes(ds)
     train_vols, val_vols, test_vols = heldout(ds, n_val, n_test)
     n_lab = {r: n_labelled(r, len(train_vols)) for r in [*regimes, REFERENCE]}
     print(f"synthetic data: {len(ds)} B-scans in {volumes} volumes at {SIZE[0]}x{SIZE[1]} ({ds.path}); "
@@ -400,18 +375,14 @@ def main(argv=None) -> int:
 
     per_run = []
     for i, (seed, regime, method) in enumerate(plan, 1):
-        order = labelled_order(train_vols, vendor_of, seed)   # a function of the seed only
+        order = labelled_order(train_vols, vendor_of, seed, complete)   # a function of the seed only
         lab = order[:n_lab[regime]]
         split = write_split(ds, f"le-n{len(lab)}-s{seed}", lab, train_vols, val_vols, test_vols,
                             f"label efficiency: {len(lab)} of {len(train_vols)} training volumes labelled "
                             f"(seed {seed}); val/test fixed for every run")
         run_dir = workdir / f"n{len(lab)}-s{seed}" / method
-        cfg = load_config(RECIPE, [f"data.path={ds.path}", f"data.split={split}", *method_overrides(method),
-                                   f"seed={seed}", f"trainer.max_epochs={epochs}",
-                                   f"trainer.steps_per_epoch={steps}", "trainer.progress=false",
-                                   f"trainer.max_minutes={args.minutes}", f"name=le-n{len(lab)}-s{seed}-{method}",
-                                   f"method.mean_teacher.consistency_rampup_epochs={max(1, round(epochs / 4))}",
-                                   *args.overrides])
+        cfg = run_config(ds, split, method_overrides(method), seed, epochs, steps, f"le-n{len(lab)}-s{seed}-{method}",
+                         [f"trainer.max_minutes={args.minutes}", *args.overrides])
         print(f"\n[{i}/{len(plan)}] {regime} ({len(lab)} labelled volume{'s' if len(lab) > 1 else ''}), "
               f"seed {seed}, {method} -> {run_dir}")
         t0 = time.time()
@@ -429,7 +400,7 @@ def main(argv=None) -> int:
                         "val_convergence": last_quarter_slope(val_curve(run_dir)) if method in SUPERVISED else None,
                         "config": config_to_dict(cfg)})
         done = time.time() - t_all
-        print(f"  {wall:.0f} s{' (reused)' if info.get('reused') else ''}, {_f(sps)} s/step; mean foreground Dice "
+        print(f"  {wall:.0f} s{' (reused)' if info.get('reused') else ''}, {fmt(sps)} s/step; mean foreground Dice "
               f"({scores['weights']}): val {scores['val']['mean_foreground']:.3f}, test "
               f"{scores['test']['mean_foreground']:.3f} | elapsed {done / 60:.1f} min, "
               f"~{done / i * (len(plan) - i) / 60:.1f} min left")
@@ -483,15 +454,15 @@ def main(argv=None) -> int:
             s = summary[regime][m]
             p = s["vs_best_supervised"]
             rows.append([regime, n_lab[regime], m + (" *" if m == baseline[regime] else ""), s["weights"][0],
-                         _ms(s["val"]["mean_foreground"]), _ms(s["test"]["mean_foreground"]),
-                         *(_ms(s["test"]["dice"][c]) for c in classes),
-                         "" if m == baseline[regime] else _f(p["mean"], sign=True),
-                         "" if m == baseline[regime] else _ci(p), _f(s["sec_per_step"]["mean"])])
+                         mean_sd(s["val"]["mean_foreground"]), mean_sd(s["test"]["mean_foreground"]),
+                         *(mean_sd(s["test"]["dice"][c]) for c in classes),
+                         "" if m == baseline[regime] else fmt(p["mean"], sign=True),
+                         "" if m == baseline[regime] else ci_text(p), fmt(s["sec_per_step"]["mean"])])
     if reference:
         rows.append([REFERENCE, n_lab[REFERENCE], "supervised", reference["weights"][0],
-                     _ms(reference["val"]["mean_foreground"]), _ms(reference["test"]["mean_foreground"]),
-                     *(_ms(reference["test"]["dice"][c]) for c in classes), "", "",
-                     _f(reference["sec_per_step"]["mean"])])
+                     mean_sd(reference["val"]["mean_foreground"]), mean_sd(reference["test"]["mean_foreground"]),
+                     *(mean_sd(reference["test"]["dice"][c]) for c in classes), "", "",
+                     fmt(reference["sec_per_step"]["mean"])])
     print_table(["regime", "vols", "method", "weights", "val mean fg", "test mean fg", *classes,
                  "vs best sup", "95% CI", "s/step"], rows)
 
@@ -504,7 +475,7 @@ def main(argv=None) -> int:
             sl = spread([x["slope_per_100_steps"] for x in cs])
             rise = spread([x["rise"] for x in cs])
             verdict = "n/a" if rise["mean"] is None else ("plateau" if rise["mean"] < PLATEAU else "still rising")
-            crow.append([regime, m, _f(sl["mean"], 4, sign=True), _f(rise["mean"], 3, sign=True),
+            crow.append([regime, m, fmt(sl["mean"], 4, sign=True), fmt(rise["mean"], 3, sign=True),
                          cs[0]["points"] if cs else 0, verdict])
     print_table(["regime", "method", "slope/100 steps", "rise", "points", "verdict"], crow)
 
@@ -526,14 +497,14 @@ def main(argv=None) -> int:
                                             "ci95": summary[regime][m]["vs_best_supervised"]["ci95"]} for m in semi}}
         print(f"Target: best semi-supervised ({b}, chosen on validation) >= best supervised ({baseline[regime]}) + "
               f"{TARGET_GAIN} at {regime}, 95 % CI > 0 -> {'met' if met else 'NOT met'} "
-              f"(gain {_f(p['mean'], sign=True)}, CI {_ci(p)})")
+              f"(gain {fmt(p['mean'], sign=True)}, CI {ci_text(p)})")
     if "mean_teacher" in methods:
         g = {r: summary[r]["mean_teacher"]["vs_best_supervised"] for r in regimes}
         met = all(x["mean"] is not None and x["mean"] > 0 for x in g.values())
         targets["mean_teacher_above_supervised"] = {"gains": {r: x["mean"] for r, x in g.items()},
                                                     "ci95": {r: x["ci95"] for r, x in g.items()}, "met": bool(met)}
         print("Target: Mean Teacher above the best supervised baseline in every regime -> "
-              f"{'met' if met else 'NOT met'} (" + ", ".join(f"{r} {_f(x['mean'], sign=True)} {_ci(x)}"
+              f"{'met' if met else 'NOT met'} (" + ", ".join(f"{r} {fmt(x['mean'], sign=True)} {ci_text(x)}"
                                                             for r, x in g.items()) + ")")
     if reference and "1v" in regimes:
         best1 = max(methods, key=lambda m: summary["1v"][m]["val"]["mean_foreground"]["mean"])

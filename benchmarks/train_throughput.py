@@ -1,226 +1,233 @@
-"""Training steps per second: octseg's Mean Teacher step against a re-implementation of the original project's loop.
+"""Training steps per second and FLOP/s on the CPU: octseg's step against a re-implementation of the
+original project's loop, and the demo's step, each against this machine's measured matmul peak.
 
-Both train the same network (U-Net, ResNet50 encoder, 1 input channel, 4 classes) at 256x256
-with 1 labelled + 5 unlabelled B-scans per step, on the same synthetic Spectralis-geometry
-B-scans (496x512 PNG files), on this machine, interleaved round by round so that any drift in
-machine load hits both alike.
+Two groups of training steps, on synthetic Spectralis-geometry B-scans (496x512 PNG files), on this
+machine, interleaved round by round so that any drift in machine load hits all alike:
 
-The original project's loop, as its code did it: every step reads and resizes each PNG from disk (masks
-with linear interpolation), the model ends in a softmax whose output goes to Dice + Focal losses,
-the student runs twice (labelled, then unlabelled batch), the teacher forward builds an autograd
-graph (no ``torch.no_grad``), the EMA update loops over parameters in Python, and an IoU between
-student and teacher predictions on the unlabelled batch is computed in NumPy every step.
+* the original project's run — U-Net, ResNet50 encoder, 1 input channel, 4 classes, 256x256,
+  1 labelled + 5 unlabelled B-scans per step: the original project's loop (``_speed.OriginalLoop``:
+  PNG reads every step, softmax into the losses, teacher forward with autograd, Python EMA, a NumPy
+  IoU every step) against octseg's Mean Teacher step (recipe ``original_mean_teacher_resnet50``: the
+  training loop of ``octseg train`` on prepared uint8 arrays, a gradient-free teacher, a fused EMA,
+  channels-last), once in float32 (same arithmetic as the original project) and once with
+  ``precision: auto`` (bf16 mixed precision where the CPU does bf16 natively; skipped where auto is
+  float32);
+* the demo's step (recipe ``configs/demo_cpu.yaml``: U-Net ResNet18 at 128x128, 4 labelled +
+  4 unlabelled), Mean Teacher and supervised, in float32 and with ``precision: auto``.
 
-octseg's step: the training loop of ``octseg train`` (Lightning) on the prepared uint8 arrays,
-one student forward over the 6 B-scans, a gradient-free teacher forward, a fused EMA update,
-channels-last memory format; once in float32 (same arithmetic as the original project) and once with
-``precision: auto`` (bf16 mixed precision where the CPU supports it natively, as here).
+Each step's FLOPs (forward + backward convolutions and matmuls, ``torch.utils.flop_counter``) are
+counted once on an untimed warm-up step; achieved FLOP/s = FLOPs / median step time, set against
+the float32 peak of a large ``torch.mm`` timed on this machine in the same run (best of N, before and
+after the rounds, at the same thread count). ``--compile`` adds ``torch.compile`` (inductor) variants
+of octseg's steps; ``--threads 1 2`` repeats everything per intra-op thread count.
 
-    python benchmarks/train_throughput.py [--rounds 3] [--steps 3] [--out benchmarks/results/train_throughput.json]
+    python benchmarks/train_throughput.py [--rounds 3] [--steps 3] [--threads N ...] [--compile]
+                                          [--out benchmarks/results/train_throughput.json]
+    python benchmarks/train_throughput.py --quick        # tiny sizes, 1 step: a smoke test (~20 s)
 """
 
 from __future__ import annotations
 
 import argparse
-import copy
+import gc
+import shutil
 import sys
 import tempfile
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
-from PIL import Image
-from torch import nn
-from torch.utils.data import DataLoader, Dataset
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks._common import print_table, write_results  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+from benchmarks import _speed as S  # noqa: E402
+from benchmarks._common import print_table, quiet_lightning, write_results  # noqa: E402
 
-TARGET = 1.3
-SIZE = 256
+TARGET = 1.3  # octseg's ResNet50 step vs the original loop, steps/s
+ORIGINAL = "original loop (fp32)"
 
 
-# ----------------------------------------------------------------------------- the original project's loop
-
-
-class SeedPNGDataset(Dataset):
-    """Per-item PNG read + resize, every epoch (masks with linear interpolation, as the original project did)."""
-
-    def __init__(self, images, masks=None):
-        self.images, self.masks = images, masks
-
-    def __len__(self):
-        return len(self.images)
-
-    def __getitem__(self, i):
-        img = Image.open(self.images[i]).convert("L").resize((SIZE, SIZE), Image.BILINEAR)
-        x = torch.from_numpy(np.asarray(img, dtype=np.float32) / 255.0)[None]
-        if self.masks is None:
-            return x
-        m = Image.open(self.masks[i]).resize((SIZE, SIZE), Image.BILINEAR)
-        return x, torch.from_numpy(np.asarray(m, dtype=np.int64))
-
-
-def seed_model():
-    import segmentation_models_pytorch as smp
-
-    return nn.Sequential(smp.Unet("resnet50", encoder_weights=None, in_channels=1, classes=4), nn.Softmax(dim=1))
-
-
-class OriginalLoop:
-    def __init__(self, images, masks, unlabelled):
-        from segmentation_models_pytorch.losses import DiceLoss, FocalLoss
-
-        torch.manual_seed(0)
-        self.student = seed_model()
-        self.teacher = copy.deepcopy(self.student)  # parameters still require grad
-        self.opt = torch.optim.Adam(self.student.parameters(), lr=1e-4, weight_decay=2e-4)
-        self.dice, self.focal = DiceLoss("multiclass"), FocalLoss("multiclass")
-        self.lab = DataLoader(SeedPNGDataset(images, masks), batch_size=1, shuffle=True)
-        self.unl = DataLoader(SeedPNGDataset(unlabelled), batch_size=5, shuffle=True, drop_last=True)
-        self.lab_it, self.unl_it, self.step_no = iter(self.lab), iter(self.unl), 0
-
-    def _next(self, name):
-        it = getattr(self, name + "_it")
-        try:
-            return next(it)
-        except StopIteration:
-            setattr(self, name + "_it", iter(getattr(self, name)))
-            return next(getattr(self, name + "_it"))
-
-    def step(self):
-        self.student.train(), self.teacher.train()
-        x_l, y_l = self._next("lab")
-        x_u = self._next("unl")
-        out_l = self.student(x_l)
-        sup = self.dice(out_l, y_l) + self.focal(out_l, y_l)  # softmax output treated as logits
-        out_u = self.student(x_u + 0.1 * torch.randn_like(x_u))
-        t_out = self.teacher(x_u + 0.1 * torch.randn_like(x_u))  # autograd graph built
-        cons = F.mse_loss(out_u, t_out.detach())
-        loss = sup + 10.0 * cons
-        self.opt.zero_grad()
-        loss.backward()
-        self.opt.step()
-        self.step_no += 1
-        alpha = min(1 - 1 / (self.step_no + 1), 0.99)
-        for ema_p, p in zip(self.teacher.parameters(), self.student.parameters()):
-            ema_p.data.mul_(alpha).add_(p.data, alpha=1 - alpha)
-        ps, pt = out_u.argmax(1).cpu().numpy(), t_out.argmax(1).cpu().numpy()
-        ious = []
-        for c in range(4):
-            inter, union = np.logical_and(ps == c, pt == c).sum(), np.logical_or(ps == c, pt == c).sum()
-            ious.append(1.0 if union == 0 else inter / union)
-        return float(loss), float(np.mean(ious))
-
-
-def time_seed(loop: OriginalLoop, warmup: int, steps: int) -> list[float]:
-    for _ in range(warmup):
-        loop.step()
-    times = []
-    for _ in range(steps):
-        t = time.perf_counter()
-        loop.step()
-        times.append(time.perf_counter() - t)
-    return times
-
-
-# ----------------------------------------------------------------------------- octseg's loop
-
-
-def time_octseg(prepared: Path, precision: str, warmup: int, steps: int, workdir: Path) -> list[float]:
-    import lightning as L
-
-    from octseg.config import load_config
-    from octseg.training.data import StepDataset, StepSampler, intensity_stats, load_train_data
-    from octseg.training.module import SegmentationModule
-    from octseg.training.run import build_trainer
-    from octseg.models import build_model
-
-    class StepTimer(L.Callback):
-        def __init__(self):
-            self.marks = []
-
-        def on_train_epoch_start(self, trainer, module):
-            self.marks.append(time.perf_counter())
-
-        def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
-            self.marks.append(time.perf_counter())
-
-    cfg = load_config("original_mean_teacher_resnet50", [
-        f"data.path={prepared}", "model.encoder_weights=none", f"trainer.precision={precision}",
-        f"trainer.steps_per_epoch={warmup + steps}", "trainer.max_epochs=1", "trainer.progress=false",
-        "data.val=0.2", "data.labelled=0.5", "data.split=bench",
-    ])
-    data = load_train_data(cfg)
-    timer = StepTimer()
-    run_dir = Path(tempfile.mkdtemp(dir=workdir))
-    trainer = build_trainer(cfg, run_dir, callbacks=[timer], logger=False, limit_val_batches=0)
-    net = build_model(cfg.model, len(data.classes))
-    norm = intensity_stats(data.images, data.parts["labelled"])
-    module = SegmentationModule(cfg, net, data.classes, cfg.data.size, norm, warmup + steps)
-    sampler = StepSampler(len(data.parts["labelled"]), len(data.parts["unlabelled"]), 1, 5, warmup + steps, 0)
-    loader = DataLoader(StepDataset(data), sampler=sampler, batch_size=None)
-    trainer.fit(module, loader)
-    return list(np.diff(timer.marks)[warmup:])
-
-
-# ----------------------------------------------------------------------------- main
+def plan(a, auto: str) -> list[dict]:
+    """The variants: label, group, how to build the runner, and which eager variant's FLOPs a
+    compiled variant shares (compiling changes the kernels, not the arithmetic)."""
+    quick = a.quick
+    r50 = S.MODELS["tiny"] if quick else S.MODELS["resnet50"]
+    size_r50, size_demo = (32, 32) if quick else (256, 128)
+    # the CPU's figures even where a GPU is present; tiny network and images for the smoke test
+    common = ["trainer.accelerator=cpu"]
+    if quick:
+        common += S.model_overrides(S.MODELS["tiny"]) + ["data.size=[32,32]"]
+    precisions = a.precisions or ["32"] + ([] if auto == "32" else ["auto"])
+    pname = {"32": "fp32", "auto": "precision auto"}
+    out = [{"label": ORIGINAL, "group": "original", "kind": "original", "spec": r50, "size": size_r50}]
+    for p in precisions:
+        name = pname.get(p, p)
+        out.append({"label": f"octseg ({name}, channels-last)" if p == "32" else f"octseg ({name})",
+                    "group": "original", "kind": "octseg", "recipe": "original_mean_teacher_resnet50",
+                    "size": size_r50, "overrides": [f"trainer.precision={p}", *common]})
+    for method in ("mean_teacher", "supervised"):
+        for p in precisions:
+            out.append({"label": f"demo {method} ({pname.get(p, p)})", "group": "demo", "kind": "octseg",
+                        "recipe": "demo_cpu", "size": size_demo,
+                        "overrides": [f"method.name={method}", f"trainer.precision={p}", *common]})
+    if a.compile:  # each compiled variant right after its eager twin
+        out = [w for v in out for w in ([v] if v["kind"] != "octseg" else
+                                        [v, {**v, "label": v["label"][:-1] + ", compiled)",
+                                             "compile": a.compile_backend, "flops_from": v["label"]}])]
+    return out
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--steps", type=int, default=3, help="timed steps per variant per round")
-    ap.add_argument("--warmup", type=int, default=1)
-    ap.add_argument("--out", type=Path, default=Path("benchmarks/results/train_throughput.json"))
+    ap.add_argument("--warmup", type=int, default=1, help="untimed steps (the first one is FLOP-counted)")
+    ap.add_argument("--threads", type=int, nargs="+", default=None,
+                    help="intra-op thread counts to measure (default: torch's default, %(default)s)")
+    ap.add_argument("--precisions", nargs="+", default=None,
+                    help="trainer.precision values of octseg's steps (default: 32, and auto where auto is not 32)")
+    ap.add_argument("--compile", action="store_true", help="also time torch.compile'd octseg steps")
+    ap.add_argument("--compile-backend", default=None,
+                    help="torch.compile backend (default inductor; eager with --quick, where inductor's C++ "
+                         "compilation alone would take minutes)")
+    ap.add_argument("--peak-size", type=int, default=None, help="n of the n x n x n matmul (default 2048)")
+    ap.add_argument("--peak-repeats", type=int, default=5)
+    ap.add_argument("--quick", action="store_true",
+                    help="smoke test: tiny network and images, 1 round of 1 step (figures are not results)")
+    ap.add_argument("--out", type=Path, default=None,
+                    help="JSON path (default benchmarks/results/train_throughput.json, _quick with --quick)")
     a = ap.parse_args(argv)
-
-    import warnings
+    if a.quick:
+        a.rounds, a.steps, a.warmup = 1, 1, 1
+    a.warmup = max(1, a.warmup)
+    a.compile_backend = a.compile_backend or ("eager" if a.quick else "inductor")
+    a.compile = a.compile_backend if a.compile else None
+    peak_n = a.peak_size or (256 if a.quick else 2048)
+    out_path = a.out or ROOT / "benchmarks" / "results" / f"train_throughput{'_quick' if a.quick else ''}.json"
+    threads = a.threads or [torch.get_num_threads()]
 
     warnings.filterwarnings("ignore")
-    from octseg.data.prepare import prepare_dataset
-    from octseg.data.synthetic import write_synthetic_dataset
-
-    work = Path(tempfile.mkdtemp(prefix="octseg-bench-"))
-    write_synthetic_dataset(work / "png", volumes=4, vendors=["spectralis"], fmt="png", slices=8, seed=0,
-                            progress=False)
-    images = sorted((work / "png" / "images").glob("*.png"))
-    masks = [work / "png" / "masks" / p.name for p in images]
-    t = time.perf_counter()
-    prepare_dataset(work / "png", work / "prepared", size=(SIZE, SIZE), progress=False)
-    prepare_s = time.perf_counter() - t
-
-    seed = OriginalLoop(images, masks, images)
-    variants = {"original loop (fp32)": [], "octseg (fp32, channels-last)": [], "octseg (precision auto)": []}
+    quiet_lightning()
     from octseg.training.run import resolve_precision
 
     auto = resolve_precision("auto", "cpu")
-    for r in range(a.rounds):
-        variants["original loop (fp32)"] += time_seed(seed, a.warmup if r == 0 else 0, a.steps)
-        variants["octseg (fp32, channels-last)"] += time_octseg(work / "prepared", "32", a.warmup, a.steps, work)
-        variants["octseg (precision auto)"] += time_octseg(work / "prepared", "auto", a.warmup, a.steps, work)
-        print(f"round {r + 1}/{a.rounds}: " + ", ".join(f"{k} {np.median(v):.2f} s/step" for k, v in variants.items()))
+    work = Path(tempfile.mkdtemp(prefix="octseg-bench-"))
+    try:
+        return measure(a, auto, work, peak_n, out_path, threads)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
 
-    seed_rate = 1.0 / np.median(variants["original loop (fp32)"])
-    rows, figures = [], {"target_ratio": TARGET, "precision_auto_resolved_to": auto, "prepare_seconds": prepare_s,
-                         "variants": {}}
-    for name, ts in variants.items():
-        rate = 1.0 / np.median(ts)
-        ratio = rate / seed_rate
-        figures["variants"][name] = {"median_s_per_step": float(np.median(ts)), "steps_per_s": rate,
-                                     "ratio_vs_seed": ratio, "n_steps": len(ts), "step_times": [float(x) for x in ts]}
-        met = "-" if name.startswith("seed") else ("yes" if ratio >= TARGET else "NO")
-        rows.append([name, f"{np.median(ts):.3f}", f"{rate:.3f}", f"{ratio:.2f}x", met])
-    print(f"\nUNet-ResNet50, 256x256, batch 1 labelled + 5 unlabelled, {torch.get_num_threads()} threads; "
-          f"precision auto -> {auto}; median over {a.rounds * a.steps} interleaved steps each")
-    print_table(["loop", "s/step", "steps/s", "vs seed", f"target {TARGET}x met"], rows)
-    best = max(v["ratio_vs_seed"] for k, v in figures["variants"].items() if not k.startswith("seed"))
-    figures["best_ratio"], figures["target_met"] = float(best), bool(best >= TARGET)
-    print(f"(one-off prepare of the {len(images)} B-scans: {prepare_s:.2f} s)")
-    print(f"wrote {write_results(a.out, 'train_throughput', figures)}")
+
+def measure(a, auto: str, work: Path, peak_n: int, out_path: Path, threads: list) -> int:
+    variants = plan(a, auto)
+    sizes = sorted({v["size"] for v in variants})
+    data = S.make_training_data(work, sizes, **({"slices": 2, "scale": 0.25} if a.quick else {}))
+    print(f"{len(data['images'])} synthetic B-scans, prepared at {sizes}; precision auto -> {auto}; "
+          f"threads {threads}", flush=True)
+
+    peaks = {t: {"before": None, "after": None} for t in threads}
+    want_bf16 = auto == "bf16-mixed" or any("bf16" in p for p in (a.precisions or []))
+    bf16_peak = {}
+
+    def measure_peaks(when):
+        for t in threads:
+            torch.set_num_threads(t)
+            peaks[t][when] = S.matmul_peak("cpu", torch.float32, peak_n, a.peak_repeats)
+            if want_bf16:
+                p = S.matmul_peak("cpu", torch.bfloat16, peak_n, a.peak_repeats)
+                bf16_peak[t] = max(bf16_peak.get(t, 0.0), p["flops_per_s"])
+
+    measure_peaks("before")
+    runners, times, flops, setup_s = {}, {}, {}, {}
+    for v in variants:
+        t = time.perf_counter()
+        if v["kind"] == "original":
+            runners[v["label"]] = S.OriginalLoop(data["images"], data["masks"], data["images"], v["spec"], v["size"])
+        else:
+            runners[v["label"]] = S.OctsegStep(data["prepared"][v["size"]], v["recipe"], v["overrides"], work,
+                                               compile=v.get("compile"))
+        setup_s[v["label"]] = time.perf_counter() - t
+    first_run_s = {}
+    for r in range(a.rounds):
+        for t in threads:
+            torch.set_num_threads(t)
+            for v in variants:
+                key, runner = (v["label"], t), runners[v["label"]]
+                count = r == 0 and t == threads[0] and "flops_from" not in v
+                warm = a.warmup if (r == 0 or v["kind"] == "octseg") else 0
+                if v.get("compile") and r == 0:
+                    warm = max(warm, 2)  # the first steps compile (two batch shapes per network)
+                t0 = time.perf_counter()
+                res = runner.run(warm, a.steps, count_flops=count)
+                if r == 0:
+                    first_run_s[key] = time.perf_counter() - t0
+                if count:
+                    flops[v["label"]] = res["flops"]
+                times.setdefault(key, {**res, "step_times": []})["step_times"] += res["step_times"]
+            print(f"round {r + 1}/{a.rounds}, {t} threads: "
+                  + ", ".join(f"{v['label']} {np.median(times[(v['label'], t)]['step_times']):.3f} s"
+                              for v in variants), flush=True)
+    measure_peaks("after")
+    del runners
+    gc.collect()
+
+    figures = {"target_ratio": TARGET, "quick": a.quick, "precision_auto_resolved_to": auto, "threads": threads,
+               "rounds": a.rounds, "steps_per_round": a.steps, "compile_backend": a.compile,
+               "prepare_seconds": data["prepare_seconds"], "setup_seconds": setup_s,
+               "matmul_peak": {str(t): {**p, "best_flops_per_s": max(p["before"]["flops_per_s"],
+                                                                     p["after"]["flops_per_s"])}
+                               for t, p in peaks.items()},
+               "bf16_matmul_peak_flops_per_s": {str(t): p for t, p in bf16_peak.items()} or None,
+               "variants": {}}
+    rows = []
+    for t in threads:
+        peak = figures["matmul_peak"][str(t)]["best_flops_per_s"]
+        orig = 1.0 / np.median(times[(ORIGINAL, t)]["step_times"])
+        for v in variants:
+            res = times[(v["label"], t)]
+            s = S.summarise(res, peak, flops.get(v.get("flops_from", v["label"])))
+            s.update(group=v["group"], threads=t, recipe=v.get("recipe"), overrides=v.get("overrides"),
+                     input_size=[v["size"], v["size"]], compile=v.get("compile"),
+                     first_round_seconds_incl_warmup=first_run_s[(v["label"], t)])
+            if v["group"] == "original":
+                s["ratio_vs_original"] = s["steps_per_s"] / orig
+            if s["achieved_flops_per_s"] and t in bf16_peak and "bf16" in str(s["precision"]):
+                s["pct_of_bf16_peak"] = 100.0 * s["achieved_flops_per_s"] / bf16_peak[t]
+            key = v["label"] if len(threads) == 1 else f"{v['label']} [{t} threads]"
+            figures["variants"][key] = s
+            ratio = s.get("ratio_vs_original")
+            rows.append([v["group"], v["label"], t, s["precision"], f"{s['median_s_per_step']:.3f}",
+                         f"{s['steps_per_s']:.3f}", "-" if ratio is None else f"{ratio:.2f}x",
+                         S.fmt_flops(s["flops_per_step"]), S.fmt_flops(s["achieved_flops_per_s"]),
+                         S.fmt_pct(s["pct_of_peak"])])
+    ratios = [s["ratio_vs_original"] for k, s in figures["variants"].items()
+              if "ratio_vs_original" in s and not k.startswith(ORIGINAL)]
+    figures["best_ratio"] = float(max(ratios))
+    figures["target_met"] = bool(figures["best_ratio"] >= TARGET)
+
+    tag = "QUICK SMOKE TEST (tiny sizes, 1 step; not results): " if a.quick else ""
+    r50, r18 = ("ResNet10T", "ResNet10T") if a.quick else ("ResNet50", "ResNet18")
+    print(f"\n{tag}original: UNet-{r50} {size_label(variants, 'original')}, 1 labelled + 5 unlabelled; demo: "
+          f"configs/demo_cpu.yaml (UNet-{r18} {size_label(variants, 'demo')}, 4 + 4); median over "
+          f"{a.rounds * a.steps} interleaved steps each; precision auto -> {auto}")
+    print_table(["group", "loop", "threads", "precision", "s/step", "steps/s", "vs original", "GFLOP/step",
+                 "GFLOP/s", "% fp32 peak"], rows)
+    print("\nfloat32 matmul peak (torch.mm, n = %d, best of %d): " % (peak_n, a.peak_repeats)
+          + ", ".join(f"{t} threads {figures['matmul_peak'][str(t)]['best_flops_per_s'] / 1e9:.1f} GFLOP/s"
+                      for t in threads)
+          + (" ; bfloat16: " + ", ".join(f"{t} threads {p / 1e9:.1f} GFLOP/s" for t, p in bf16_peak.items())
+             if bf16_peak else ""))
+    print(f"best octseg / original ratio {figures['best_ratio']:.2f}x (target {TARGET}x: "
+          f"{'met' if figures['target_met'] else 'NOT met'})")
+    print(f"wrote {write_results(out_path, 'train_throughput', figures)}")
     return 0
+
+
+def size_label(variants, group) -> str:
+    s = next(v["size"] for v in variants if v["group"] == group)
+    return f"{s}x{s}"
 
 
 if __name__ == "__main__":

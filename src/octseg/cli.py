@@ -13,7 +13,7 @@ from octseg.errors import OctsegError
 
 def _add_reader_options(p: argparse.ArgumentParser) -> None:
     """Options that choose how a raw data folder is read (shared by prepare/evaluate/predict/train)."""
-    p.add_argument("--layout", choices=["auto", "retouch", "folders"], default="auto",
+    p.add_argument("--layout", choices=["auto", "retouch", "folders", "clinic"], default="auto",
                    help="data layout of SRC (default: detect)")
     p.add_argument("--images", type=Path, default=None, help="explicit image folder (folders layout)")
     p.add_argument("--masks", type=Path, default=None, help="explicit mask folder (folders layout)")
@@ -21,15 +21,23 @@ def _add_reader_options(p: argparse.ArgumentParser) -> None:
                    help="pair images and masks by sorted order instead of by file stem (as the original project did)")
     p.add_argument("--volume-regex", default=None,
                    help="regular expression with groups 'volume' and 'slice' that parses file stems")
+    p.add_argument("--keep-identifiers", action="store_true", help=KEEP_IDENTIFIERS_HELP)
 
 
 OVERWRITE_HELP = ("write into OUT although it holds files octseg did not write (those with octseg's names are "
                   "replaced, others kept), or replace an earlier octseg run's output there")
 
 
+KEEP_IDENTIFIERS_HELP = ("let patient names, ids and birth dates from clinic file headers into volume ids, file "
+                         "names, tables and DICOM SEG files (by default they are removed)")
+
+
 def _reader_kwargs(a) -> dict:
-    return dict(layout=a.layout, images=a.images, masks=a.masks,
-                pair_by_order=a.pair_by_order, volume_regex=a.volume_regex)
+    kw = dict(layout=a.layout, images=a.images, masks=a.masks,
+              pair_by_order=a.pair_by_order, volume_regex=a.volume_regex)
+    if getattr(a, "keep_identifiers", False):
+        kw["keep_identifiers"] = True
+    return kw
 
 
 def cmd_synth(a) -> int:
@@ -116,9 +124,16 @@ def cmd_predict(a) -> int:
     from octseg.inference.inputs import plan_inputs
     from octseg.inference.run import claim_output, format_summary, predict_path
 
+    from octseg.inference.shards import resolve_shard
+
     t0 = time.perf_counter()
-    jobs, notes = plan_inputs(a.input)  # a bad INPUT or OUT fails before the model loads
-    with claim_output(a.out, a.input, a.overwrite) as folder:
+    shard = resolve_shard(a.shard)
+    if shard is not None and a.report:
+        from octseg.errors import ConfigError
+
+        raise ConfigError("--report with --shard: merge the shards (octseg merge-csv OUT), then run octseg report OUT")
+    jobs, notes = plan_inputs(a.input, keep_identifiers=a.keep_identifiers)  # a bad INPUT fails before the model loads
+    with claim_output(a.out, a.input, a.overwrite, shard) as folder:
         predictor = Predictor.from_checkpoint(a.checkpoint, device=a.device, weights=a.weights,
                                               tta=a.tta == "flip", backend=a.backend, batch=a.batch)
         predictor.min_sizes = parse_min_sizes(a.min_size, predictor.classes)
@@ -126,7 +141,7 @@ def cmd_predict(a) -> int:
             print(f"note: {n}", file=sys.stderr)
         load_s = time.perf_counter() - t0
         run = predict_path(predictor, a.input, a.out, fmt=a.format, jobs=jobs, folder=folder,
-                           keep_images=a.report)
+                           keep_images=a.report, shard=shard)
         report = None
         if a.report and run.n_bscans:
             from octseg.report.prediction import write_prediction_report
@@ -138,9 +153,40 @@ def cmd_predict(a) -> int:
     print(f"(model loaded in {load_s:.1f} s)")
     if report is not None:
         print(f"report written to {report.path} ({report.size_bytes / 1e6:.1f} MB in {report.seconds:.1f} s)")
+    if shard is not None:
+        print(f"shard {shard.index}/{shard.count} ({shard.origin}): its tables are in {a.out / 'parts'}; when "
+              f"every shard has finished, `octseg merge-csv {a.out}` writes fluid.csv and confidence.csv")
+        if run.n_bscans == 0 and not run.failures:
+            return 0  # more shards than inputs: this one had nothing to do
     if run.n_bscans == 0:
         raise DataError(a.input, f"none of the {len(jobs)} input(s) could be predicted")
     return 1 if run.failures else 0
+
+
+def cmd_merge_csv(a) -> int:
+    """Returns 0, or 1 when some inputs failed in the shards."""
+    from octseg.inference.shards import merge_parts
+
+    result = merge_parts(a.out)
+    print(result.summary())
+    return 1 if result.failures else 0
+
+
+def cmd_info(a) -> int:
+    """What a clinic OCT file (or .mhd/.nii volume) holds: geometry, spacing, vendor; patient fields redacted."""
+    from octseg.io.vendor import clinic_format, describe, probe
+
+    if clinic_format(a.path) is None and a.path.suffix.lower() in (".mhd", ".nii", ".gz", ".mha"):
+        from octseg.io.volumes import volume_header
+
+        h = volume_header(a.path)
+        W, H, S = h.GetSize()
+        sx, sy, sz = h.GetSpacing()
+        print(f"{a.path}: volume of {S} B-scans of {H} x {W} pixels; spacing axial {sy:.6g} mm, lateral "
+              f"{sx:.6g} mm, between B-scans {sz:.6g} mm")
+        return 0
+    print(describe(probe(a.path), keep_identifiers=a.keep_identifiers))
+    return 0
 
 
 def cmd_report(a) -> int:
@@ -246,8 +292,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tta", choices=["none", "flip"], default="none")
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--device", choices=["cpu", "cuda", "auto"], default="auto")
-    p.add_argument("--format", choices=["png", "mhd", "nii"], default=None,
-                   help="mask format (default: png for images, mhd for volumes)")
+    p.add_argument("--format", choices=["png", "mhd", "nii", "dcm"], default=None,
+                   help="mask format (default: png for images, mhd for volumes; dcm: a DICOM Segmentation per "
+                        "volume, referencing the input DICOM OCT or the B-scans written beside it as DICOM OCT)")
+    p.add_argument("--keep-identifiers", action="store_true", help=KEEP_IDENTIFIERS_HELP)
     p.add_argument("--backend", choices=["torch", "onnx"], default="torch")
     p.add_argument("--weights", choices=["teacher", "student"], default=None,
                    help="which network of a Mean Teacher checkpoint (default: the checkpoint's, the teacher)")
@@ -255,8 +303,24 @@ def build_parser() -> argparse.ArgumentParser:
                    help="remove connected components smaller than PIXELS of CLASS (name or index); repeatable")
     p.add_argument("--report", action="store_true",
                    help="also write OUT/report.html: a self-contained page with a viewer per volume")
+    p.add_argument("--shard", default=None, metavar="I/N",
+                   help="predict only shard I of N (0-based) of INPUT's files into the shared OUT, writing its own "
+                        "CSV part; 'auto' takes I and N from torchrun or a SLURM array job (under torchrun with "
+                        "several processes this is the default); then run octseg merge-csv OUT")
     p.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
     p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("merge-csv", help="join the CSV parts of a sharded octseg predict (--shard I/N) into "
+                                         "OUT/fluid.csv and OUT/confidence.csv")
+    p.add_argument("out", type=Path, help="the OUT folder the shards wrote into")
+    p.set_defaults(func=cmd_merge_csv)
+
+    p = sub.add_parser("info", help="what a clinic OCT file holds: format, geometry, voxel spacing, laterality, "
+                                    "localizer, vendor (patient fields redacted)")
+    p.add_argument("path", type=Path, help="a .vol, .e2e, HEYEX XML export (file or folder), .fda, .fds, .img or "
+                                           "DICOM OCT file (or an .mhd/.nii volume)")
+    p.add_argument("--keep-identifiers", action="store_true", help="also print the patient fields' values")
+    p.set_defaults(func=cmd_info)
 
     p = sub.add_parser("report", help="write a self-contained HTML report of a prediction, a training run "
                                       "or a benchmark JSON")

@@ -142,3 +142,60 @@ def montage(tiles: Sequence[tuple[np.ndarray, np.ndarray, str]], classes: Sequen
         draw.text((x + 2, y + th + cap_h / 2), cap, fill=(230, 230, 230), font=font, anchor="lm")
     canvas.paste(bar, (0, H - bar.height))
     return canvas
+
+
+# ----------------------------------------------------------------------------- en-face fluid map
+
+
+def enface_counts(labels: np.ndarray, num_classes: int) -> np.ndarray:
+    """(S, H, W) label stack -> uint16 (K-1, S, W): pixels of each fluid class per A-scan.
+
+    Row ``s``, column ``x`` of class ``c`` is ``(labels[s, :, x] == c).sum()`` exactly."""
+    labels = np.asarray(labels)
+    if labels.ndim == 2:
+        labels = labels[None]
+    if labels.ndim != 3:
+        raise ValueError(f"labels must be (S, H, W), got shape {labels.shape}")
+    if labels.shape[1] > np.iinfo(np.uint16).max:
+        raise ValueError(f"A-scans of {labels.shape[1]} pixels do not fit the uint16 map")
+    return np.stack([(labels == c).sum(axis=1, dtype=np.int64) for c in range(1, num_classes)]).astype(np.uint16)
+
+
+def enface_thickness_um(labels: np.ndarray, num_classes: int, axial_mm: Optional[float]) -> np.ndarray:
+    """(S, H, W) -> float64 (K-1, S, W) fluid thickness in µm (pixel counts × axial spacing);
+    in pixels when ``axial_mm`` is unknown."""
+    counts = enface_counts(labels, num_classes).astype(np.float64)
+    return counts * (axial_mm * 1000.0) if axial_mm else counts
+
+
+def enface_image(labels: np.ndarray, classes: Sequence[str], spacing=None, panel_max: int = 512) -> Image.Image:
+    """The en-face fluid map of a label volume (S, H, W) as a picture: one panel per fluid class,
+    B-scans down, A-scans across, brightness = fluid thickness per A-scan (µm with the axial
+    spacing, else pixels; one scale for all panels), rows stretched to the B-scan spacing when
+    it is known, and a legend with the maximum thickness."""
+    labels = np.asarray(labels)
+    if labels.ndim == 2:
+        labels = labels[None]
+    K = len(classes)
+    axial = getattr(spacing, "row", None)
+    t = enface_thickness_um(labels, K, axial)  # (K-1, S, W)
+    S, W = t.shape[1:]
+    pw = int(min(max(W, 256), panel_max))  # narrow scans enlarged (nearest), so the legend fits
+    col, between = getattr(spacing, "col", None), getattr(spacing, "slice", None)
+    ph = S * (between / col) * (pw / W) if col and between else S * max(1.0, pw / max(W, 1) * 4)
+    ph = int(min(max(round(ph), S), 4 * pw))
+    top = float(t.max()) if t.size else 0.0
+    colours = class_colours(K).astype(np.float32)
+    gap = 6
+    out = Image.new("RGB", (max(1, (K - 1) * pw + (K - 2) * gap), ph), (0, 0, 0))
+    for c in range(1, K):
+        v = t[c - 1] / top if top > 0 else np.zeros((S, W))
+        rgb = np.rint(24 + v[..., None] * (colours[c] - 24)).clip(0, 255).astype(np.uint8)
+        out.paste(Image.fromarray(rgb).resize((pw, ph), Image.NEAREST), ((c - 1) * (pw + gap), 0))
+    unit = "um" if axial else "px"  # the default bitmap font has no µ
+    bar = legend_bar(out.width, classes, extra=f"en-face fluid thickness, max {top:.0f} {unit}")
+    pic = Image.new("RGB", (out.width, out.height + bar.height))
+    pic.paste(out, (0, 0))
+    pic.paste(bar, (0, out.height))
+    return pic
+

@@ -10,7 +10,8 @@ import pytest
 from PIL import Image
 
 from octseg.cli import main
-from octseg.report.enface import area_per_bscan, enface_counts, enface_thickness_um
+from octseg.overlay import enface_counts, enface_thickness_um
+from octseg.report.enface import area_per_bscan
 
 
 @pytest.fixture(scope="module")

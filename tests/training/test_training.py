@@ -5,7 +5,6 @@ from __future__ import annotations
 import math
 import time
 
-import numpy as np
 import pytest
 import torch
 from conftest import TINY_MODEL, tiny_train_overrides

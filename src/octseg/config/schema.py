@@ -73,6 +73,10 @@ class TrainerConfig:
     progress: bool = True
     channels_last: bool = False
     val_batch: int = 16
+    #: mid-epoch ``last.ckpt`` (with the data position, RNG states and EMA teacher) every this many
+    #: optimiser steps and/or minutes, so a killed run loses at most that much (None: only at epoch ends)
+    checkpoint_every_steps: Optional[int] = None
+    checkpoint_every_minutes: Optional[float] = 10.0
 
 
 @dataclass

@@ -146,6 +146,7 @@ _RULES: list[tuple[str, Rule]] = [
     ("method.fixmatch.threshold", PROBABILITY),
     ("method.fixmatch.weight", NON_NEGATIVE),
     ("method.fixmatch.cutmix", FLAG),
+    ("method.fixmatch.joint_batch", FLAG),
     ("method.unimatch.threshold", PROBABILITY),
     ("method.unimatch.weight", NON_NEGATIVE),
     ("method.unimatch.feature_dropout", number(0, 1, hi_open=True)),  # 1 would divide by zero
@@ -203,6 +204,8 @@ _RULES: list[tuple[str, Rule]] = [
     ("trainer.progress", FLAG),
     ("trainer.channels_last", FLAG),
     ("trainer.val_batch", integer(1)),
+    ("trainer.checkpoint_every_steps", optional(integer(1))),
+    ("trainer.checkpoint_every_minutes", optional(number(0, lo_open=True))),
 ]
 
 

@@ -237,18 +237,19 @@ def _reader_options(**kw) -> dict:
 
 def prepare_dataset(src, out, size=None, layout: str = "auto", images=None, masks=None,
                     pair_by_order: bool = False, volume_regex: Optional[str] = None,
-                    progress: bool = True, classes=None) -> PreparedDataset:
+                    progress: bool = True, classes=None, keep_identifiers: bool = False) -> PreparedDataset:
     """Read ``src`` (any layout :func:`octseg.data.readers.scan_source` knows) and write a
     prepared dataset to ``out``.
 
     ``size=(H, W)`` resizes every B-scan (images box/bilinear, masks nearest); ``None`` keeps
     the native size, which must then be the same for all B-scans. Re-running with the same
     source and size rewrites ``out`` atomically with identical bytes, keeping its splits.
+    Patient identifiers of clinic files stay out of ids and sources unless ``keep_identifiers``.
     """
     ds = scan_source(src, layout=layout, images=images, masks=masks, pair_by_order=pair_by_order,
-                     volume_regex=volume_regex, classes=classes)
+                     volume_regex=volume_regex, classes=classes, keep_identifiers=keep_identifiers)
     opts = _reader_options(layout=layout, images=images, masks=masks, pair_by_order=pair_by_order,
-                           volume_regex=volume_regex)
+                           volume_regex=volume_regex, **({"keep_identifiers": True} if keep_identifiers else {}))
     return write_prepared(ds, out, size=size, progress=progress, reader_options=opts)
 
 

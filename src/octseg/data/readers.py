@@ -1,7 +1,10 @@
 """Readers: find OCT B-scans on disk in the layouts users have, without reading pixels.
 
-Two layouts:
+Three layouts:
 
+* ``clinic``: vendor files (Heidelberg ``.vol``/``.e2e``/XML export, Topcon ``.fda``/``.fds``, Zeiss
+  ``.img``, DICOM OCT), one file or a folder of them, read through :mod:`octseg.io.vendor`; labels
+  optional, from a ``<stem>_reference.nii.gz``/``.nii``/``.mhd`` volume beside the file.
 * ``retouch``: the RETOUCH challenge folders ``RETOUCH-TrainingSet-<Vendor>/TRAINxxx/oct.mhd``
   (+ ``reference.mhd`` labels), read with SimpleITK.
 * ``folders``: 2-D images (``images/`` + ``masks/``, the Kaggle RETOUCH copy's
@@ -356,18 +359,115 @@ def _folder_volume(vol: str, items: list[tuple[int, Path]], pairs: dict, sizes: 
 
 
 # ---------------------------------------------------------------------------------------------
+# Clinic formats (vendor files)
+
+#: Label volumes looked for beside a clinic file: ``<stem>_reference<suffix>``.
+CLINIC_REFERENCE_SUFFIXES = (".nii.gz", ".nii", ".mhd")
+
+
+def clinic_reference(scan: Path) -> Optional[Path]:
+    """The label volume of a clinic file, ``<stem>_reference.nii.gz`` (or ``.nii``, ``.mhd``) beside it."""
+    for suffix in CLINIC_REFERENCE_SUFFIXES:
+        p = scan.with_name(f"{scan.stem}_reference{suffix}")
+        kind = entry_kind(p)
+        if kind == "file":
+            return p
+        if kind != "missing":
+            raise DataError(p, f"not a regular file ({kind}); remove it to read {scan} as unlabelled")
+    return None
+
+
+def _clinic_volume(header, volume: str, n_classes: int, keep_identifiers: bool) -> VolumeSource:
+    from octseg.io.vendor import read as read_clinic
+    from octseg.io.volumes import volume_header
+
+    path = header.path
+    ref = clinic_reference(path)
+    S, (H, W) = header.n_bscans, header.shape
+    if ref is not None:
+        size = tuple(int(x) for x in volume_header(ref).GetSize())
+        if size != (W, H, S):
+            raise DataError(ref, f"size {size} (W, H, S) differs from {path.name}'s {(W, H, S)}")
+    source = header.source(keep_identifiers)
+
+    def load() -> Iterator[BScan]:
+        scan = read_clinic(path, series=header.series or None)[0]
+        img, mask = scan.bscans, None
+        if ref is not None:
+            vol = Volume(ref)
+            if vol.array.shape != img.shape:
+                raise DataError(ref, f"array shape {vol.array.shape} differs from {path.name}'s {img.shape}")
+            mask = check_labels(np.array(vol.array), n_classes, ref)
+        for k in range(img.shape[0]):
+            yield BScan(id=f"{volume}_{k:03d}", volume=volume, slice_index=k, image=np.array(img[k]),
+                        mask=None if mask is None else mask[k], vendor=header.vendor, spacing=header.spacing,
+                        source=f"{source}#{k}")
+
+    paths = [str(path)] + ([str(ref)] if ref is not None else [])
+    return VolumeSource(volume=volume, n_slices=S, shape=(H, W), load=load, vendor=header.vendor,
+                        spacing=header.spacing, labelled=ref is not None, paths=tuple(paths))
+
+
+def _scan_clinic(path: Path, classes, keep_identifiers: bool = False) -> DatasetSource:
+    from octseg.io.vendor import clinic_format, find_clinic_files, probe
+
+    msgs: list[str] = []
+    if clinic_format(path):
+        files, root = [path], path.parent
+    else:
+        try:
+            files, odd = find_clinic_files(path)
+        except OSError as exc:
+            raise DataError(path, f"cannot list the folder ({exc.strerror or exc})") from None
+        if odd:
+            _warn(msgs, skipped_note(path, odd))
+        if not files:
+            raise DataError(path, "no clinic OCT files found (.vol, .e2e, HEYEX XML, .fda, .fds, .img, .dcm)")
+        root = path
+    classes = tuple(classes) if classes else RETOUCH_CLASSES
+    vols, seen = [], set()
+    for f in files:
+        for h in probe(f):
+            vid, i = h.volume_id(keep_identifiers), 2
+            while vid in seen:
+                vid = f"{h.volume_id(keep_identifiers)}_{i}"
+                i += 1
+            seen.add(vid)
+            vols.append(_clinic_volume(h, vid, len(classes), keep_identifiers))
+    return DatasetSource(root=str(root), layout="clinic", classes=classes, volumes=vols, warnings=msgs)
+
+
+# ---------------------------------------------------------------------------------------------
 
 
 def detect_layout(path: Path) -> str:
-    """``retouch`` when ``path`` is an .mhd file or holds oct.mhd volumes, else ``folders``."""
+    """``retouch`` when ``path`` is an .mhd file or holds oct.mhd volumes, ``clinic`` when it is a
+    vendor file (or HEYEX XML export) or a folder of them without images, else ``folders``."""
+    from octseg.io.vendor import clinic_format, find_clinic_files
+
     kind = entry_kind(path)
     if kind != "folder":
-        return "retouch" if kind == "file" and path.suffix.lower() == ".mhd" else "folders"
-    return "retouch" if find_oct_files(path) else "folders"
+        if kind == "file" and path.suffix.lower() == ".mhd":
+            return "retouch"
+        return "clinic" if kind == "file" and clinic_format(path) else "folders"
+    if find_oct_files(path):
+        return "retouch"
+    if clinic_format(path):
+        return "clinic"
+    try:
+        clinic = find_clinic_files(path)[0]
+        if not clinic or any((path / im).is_dir() for im, _ in FOLDER_PAIRS):
+            return "folders"
+        # a folder of images stays one (a stray .dcm among them does not make it clinic)
+        images = [f for f in regular_files(path)[0] if f.suffix.lower() in IMAGE_EXTENSIONS]
+        return "folders" if images else "clinic"
+    except OSError:
+        return "folders"
 
 
 def scan_source(path, layout: str = "auto", images=None, masks=None, pair_by_order: bool = False,
-                volume_regex: Optional[str] = None, classes: Optional[Sequence[str]] = None) -> DatasetSource:
+                volume_regex: Optional[str] = None, classes: Optional[Sequence[str]] = None,
+                keep_identifiers: bool = False) -> DatasetSource:
     """Find the volumes under ``path`` (see the module docstring for the layouts).
 
     Reads only headers, except that with ``classes=None`` in the folders layout every mask is
@@ -381,9 +481,12 @@ def scan_source(path, layout: str = "auto", images=None, masks=None, pair_by_ord
     One dataset's masks use one encoding (labels 0..K-1 or values spread over 0..255); image
     files with several frames, NaN/inf pixels or more pixels than ``OCTSEG_MAX_IMAGE_PIXELS``
     (PIL's decompression-bomb limit by default) are DataErrors naming the file.
+
+    Clinic files: patient identifiers in their headers are removed from volume ids and sources
+    unless ``keep_identifiers``.
     """
-    if layout not in ("auto", "retouch", "folders"):
-        raise ConfigError(f"layout must be auto, retouch or folders, not {layout!r}")
+    if layout not in ("auto", "retouch", "folders", "clinic"):
+        raise ConfigError(f"layout must be auto, retouch, folders or clinic, not {layout!r}")
     if classes is not None and len(tuple(classes)) < 2:
         raise ConfigError(f"classes needs at least two names, got {classes!r}")
     p = Path(path) if path is not None else None
@@ -405,4 +508,6 @@ def scan_source(path, layout: str = "auto", images=None, masks=None, pair_by_ord
         layout = detect_layout(p)
     if layout == "retouch":
         return _scan_retouch(p, classes)
+    if layout == "clinic":
+        return _scan_clinic(p, classes, keep_identifiers)
     return _scan_folders(p, images, masks, pair_by_order, volume_regex, classes)

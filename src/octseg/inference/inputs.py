@@ -14,13 +14,17 @@ from octseg.errors import DataError
 class Job:
     """One input: an image file or a volume file."""
 
-    kind: str  # "image" | "volume"
+    kind: str  # "image" | "volume" | "clinic" (a vendor file: octseg.inference.clinic)
     path: Path
     n: int = 1  # B-scans (volumes: from the header)
+    keep_identifiers: bool = False  # clinic files: patient identifiers may reach names and tables
 
 
-def plan_inputs(path) -> tuple[list[Job], list[str]]:
+def plan_inputs(path, keep_identifiers: bool = False) -> tuple[list[Job], list[str]]:
     """The inputs under ``path`` (no pixels read) and notes about skipped files.
+
+    Clinic files (``.vol``, ``.e2e``, HEYEX XML exports, ``.fda``, ``.fds``, ``.img``, ``.dcm``) are
+    "clinic" jobs; ``keep_identifiers`` lets their header's patient identifiers into names and tables.
 
     Only regular files (symlinks followed) become inputs; other entries (FIFO, socket, device,
     broken symlink, symlink loop) are skipped with a note naming them, and nothing is opened,
@@ -29,6 +33,7 @@ def plan_inputs(path) -> tuple[list[Job], list[str]]:
     from octseg.data.readers import FOLDER_PAIRS, find_oct_files
     from octseg.io.files import entry_kind, regular_files, skipped_note
     from octseg.io.images import IMAGE_EXTENSIONS
+    from octseg.io.vendor import clinic_format, find_clinic_files
 
     path = Path(path)
     notes: list[str] = []
@@ -41,9 +46,14 @@ def plan_inputs(path) -> tuple[list[Job], list[str]]:
             return [Job("volume", path)], notes
         if suffix in IMAGE_EXTENSIONS:
             return [Job("image", path)], notes
-        raise DataError(path, f"not an image ({', '.join(IMAGE_EXTENSIONS)}) or a MetaImage volume (.mhd)")
+        if clinic_format(path):
+            return [Job("clinic", path, keep_identifiers=keep_identifiers)], notes
+        raise DataError(path, f"not an image ({', '.join(IMAGE_EXTENSIONS)}), a MetaImage volume (.mhd) or a "
+                              f"clinic OCT file (.vol, .e2e, .xml, .fda, .fds, .img, .dcm)")
     if kind != "folder":
         raise DataError(path, f"not a regular file or folder ({kind})")
+    if clinic_format(path) == "heyex-xml":  # the folder of one HEYEX XML export
+        return [Job("clinic", path, keep_identifiers=keep_identifiers)], notes
     if is_prepared(path):
         raise DataError(path, "is a prepared dataset (arrays resized for training); predict on the original "
                               "scans instead")
@@ -73,11 +83,21 @@ def plan_inputs(path) -> tuple[list[Job], list[str]]:
             other.append(f.name)
     if odd:
         notes.append(skipped_note(folder, odd))
+    clinic: list = []
+    if not images:  # a folder of images stays a folder of images (stray files skipped with a note)
+        try:
+            clinic = find_clinic_files(folder)[0]
+        except OSError:
+            clinic = []
+        other = [n for n in other if not clinic_format(folder / n)]
     if other:
         notes.append(f"skipped {len(other)} file(s) that are neither images nor volumes in {folder}: "
                      f"{', '.join(other[:5])}{' ...' if len(other) > 5 else ''}")
     if images:
         return [Job("image", p) for p in images], notes
+    if clinic:  # vendor files (HEYEX XML export folders among them), and any .mhd volumes beside them
+        return ([Job("clinic", p, keep_identifiers=keep_identifiers) for p in clinic]
+                + [Job("volume", p) for p in mhds]), notes
     if mhds:
         return [Job("volume", p) for p in mhds], notes
     raise DataError(path, f"no images ({', '.join(IMAGE_EXTENSIONS)}) or oct.mhd volumes found")

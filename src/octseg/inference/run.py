@@ -3,7 +3,9 @@
 OUT receives:
 
 * ``masks/``: label maps (values 0..K-1) at each input's native size: ``<stem>.png`` per image,
-  ``<volume>.mhd`` (or ``.nii.gz``) per volume with the input's spacing, origin and direction;
+  ``<volume>.mhd`` (or ``.nii.gz``) per volume with the input's spacing, origin and direction,
+  or with ``dcm`` a DICOM Segmentation per volume (clinic files: :mod:`octseg.inference.clinic`,
+  which also writes ``enface/<volume>.png``);
 * ``overlays/``: ``<stem>.png`` per image; ``<volume>.png`` per volume, a montage of the (up to
   8) B-scans with the most predicted fluid;
 * ``fluid.csv``: one row per (volume, class) with the voxel count and volume in mm^3 (= µL), and
@@ -120,8 +122,9 @@ def _voxel_mm3(spacing) -> Optional[float]:
     return spacing.row * spacing.col * spacing.slice
 
 
-def _write_csv(run: PredictRun) -> Path:
-    """fluid.csv, written last and atomically: it is there only when it matches every mask of the run."""
+def _write_csv(run: PredictRun, name: str = "fluid.csv") -> Path:
+    """fluid.csv, written last and atomically: it is there only when it matches every mask of the run.
+    (``name``: a shard's part, see :mod:`octseg.inference.shards`.)"""
     rows = []
     for vol, v in run.volumes.items():
         vox = _voxel_mm3(v["spacing"])
@@ -133,10 +136,10 @@ def _write_csv(run: PredictRun) -> Path:
     w.writerow(FLUID_CSV_COLUMNS)
     w.writerows(rows)
     w.writerows(run.rows)
-    return atomic_write_text(run.folder.file("fluid.csv"), buf.getvalue())
+    return atomic_write_text(run.folder.file(name), buf.getvalue())
 
 
-def _write_confidence_csv(run: PredictRun) -> Path:
+def _write_confidence_csv(run: PredictRun, name: str = "confidence.csv") -> Path:
     """confidence.csv: per B-scan and (mean) per volume, written before fluid.csv."""
     by_volume: dict = {}
     for vol, _, _, c in run.confidence:
@@ -146,7 +149,7 @@ def _write_confidence_csv(run: PredictRun) -> Path:
     w.writerow(CONFIDENCE_CSV_COLUMNS)
     w.writerows(("volume", vol, "", "", f"{float(np.mean(cs)):.4f}") for vol, cs in by_volume.items())
     w.writerows(("bscan", vol, bid, sl, f"{c:.4f}") for vol, bid, sl, c in run.confidence)
-    return atomic_write_text(run.folder.file("confidence.csv"), buf.getvalue())
+    return atomic_write_text(run.folder.file(name), buf.getvalue())
 
 
 def _save_png(run: PredictRun, rel: str, image) -> None:
@@ -167,7 +170,7 @@ def _write_sitk(run: PredictRun, rel: str, labels: np.ndarray, spacing=None, ori
     write_volume(final, labels, spacing, origin, direction, compress=True)  # zlib: label volumes shrink ~50x
 
 
-_EXT = {"mhd": ".mhd", "nii": ".nii.gz", "png": ".png"}
+_EXT = {"mhd": ".mhd", "nii": ".nii.gz", "png": ".png", "dcm": ".dcm"}
 
 
 def _do_images(run: PredictRun, predictor: Predictor, jobs: list[Job], root: Path, bar) -> None:
@@ -237,6 +240,10 @@ def _montage_slices(fluid: np.ndarray) -> list[int]:
 def _do_volume(run: PredictRun, predictor: Predictor, job: Job, bar) -> None:
     from octseg.overlay import montage
 
+    if job.kind == "clinic":  # vendor files: octseg.inference.clinic
+        from octseg.inference.clinic import predict_clinic
+
+        return predict_clinic(run, predictor, job, bar)
     with run.timed("read"):
         head = volume_header(job.path)
         vs = read_bscans(job.path, "retouch", run.classes)
@@ -257,6 +264,10 @@ def _do_volume(run: PredictRun, predictor: Predictor, job: Job, bar) -> None:
         if run.fmt_volumes == "png":
             for k in range(S):
                 _save_png(run, f"masks/{name}/{name}_{k:03d}.png", labels[k])
+        elif run.fmt_volumes == "dcm":
+            from octseg.inference.clinic import write_seg_plain
+
+            write_seg_plain(run, name, labels, images, sp)
         else:
             _write_sitk(run, f"masks/{name}{_EXT[run.fmt_volumes]}", labels, head.GetSpacing(), head.GetOrigin(),
                         head.GetDirection())
@@ -303,14 +314,16 @@ def format_summary(run: PredictRun, predictor: Predictor) -> str:
     return "\n".join(lines)
 
 
-def claim_output(out, src, overwrite: bool = False) -> OutputFolder:
-    """OUT as octseg predict's folder: never the input, never over a user's files, one run at a time."""
-    return OutputFolder(Path(out), "predict", overwrite=overwrite, protect=[Path(src)])
+def claim_output(out, src, overwrite: bool = False, shard=None) -> OutputFolder:
+    """OUT as octseg predict's folder: never the input, never over a user's files, one run at a time
+    (or, with a ``shard``, the shards of one run side by side: :mod:`octseg.inference.shards`)."""
+    return OutputFolder(Path(out), "predict", overwrite=overwrite, protect=[Path(src)],
+                        part=None if shard is None else shard.part)
 
 
 def predict_path(predictor: Predictor, input, out, fmt: Optional[str] = None, progress: bool = True,
                  jobs: Optional[list] = None, overwrite: bool = False,
-                 folder: Optional[OutputFolder] = None, keep_images: bool = False) -> PredictRun:
+                 folder: Optional[OutputFolder] = None, keep_images: bool = False, shard=None) -> PredictRun:
     """Predict every image/volume under ``input`` into ``out`` (see the module docstring).
 
     ``out`` must be new, empty, or hold only an earlier ``octseg predict``'s output, which is
@@ -319,28 +332,40 @@ def predict_path(predictor: Predictor, input, out, fmt: Optional[str] = None, pr
     files in a folder are collected in the result; a bad sole input, or an output that cannot be
     written, raises :class:`octseg.errors.DataError`. ``keep_images`` keeps the predicted B-scans in
     ``run.images`` (mask name -> uint8 stack) for an HTML report written right after the run.
+    With a ``shard`` (:class:`octseg.inference.shards.Shard`) only that shard's block of the inputs
+    is predicted and the tables are written as its part (``octseg merge-csv`` joins the parts).
     """
     out, src = Path(out), Path(input)
-    if fmt not in (None, "png", "mhd", "nii"):
-        raise ConfigError(f"mask format must be png, mhd or nii, not {fmt!r}")
+    if fmt not in (None, "png", "mhd", "nii", "dcm"):
+        raise ConfigError(f"mask format must be png, mhd, nii or dcm, not {fmt!r}")
     notes: list[str] = []
     if jobs is None:
         jobs, notes = plan_inputs(src)
     if folder is None:
-        with claim_output(out, src, overwrite) as folder:
-            return predict_path(predictor, src, out, fmt, progress, jobs, folder=folder, keep_images=keep_images)
+        with claim_output(out, src, overwrite, shard) as folder:
+            return predict_path(predictor, src, out, fmt, progress, jobs, folder=folder, keep_images=keep_images,
+                                shard=shard)
     from tqdm import tqdm
 
     t0 = time.perf_counter()
-    run = PredictRun(out=out, classes=predictor.classes, fmt_images=fmt or "png", fmt_volumes=fmt or "mhd",
+    run = PredictRun(out=out, classes=predictor.classes, fmt_images="png" if fmt in (None, "dcm") else fmt, fmt_volumes=fmt or "mhd",
                      folder=folder, images={} if keep_images else None)
     for n in notes:
         print(f"note: {n}", file=sys.stderr)
-    single = len(jobs) == 1
+    single, n_jobs = len(jobs) == 1, len(jobs)
+    if shard is not None:
+        from octseg.inference.shards import select_jobs
+
+        jobs = select_jobs(jobs, shard)
     for job in jobs:  # header-level sizes for the progress bar; a bad header is a failure
-        if job.kind == "volume":
+        if job.kind in ("volume", "clinic"):
             try:
-                job.n = int(volume_header(job.path).GetSize()[2])
+                if job.kind == "clinic":
+                    from octseg.inference.clinic import clinic_n_bscans
+
+                    job.n = clinic_n_bscans(job.path)
+                else:
+                    job.n = int(volume_header(job.path).GetSize()[2])
             except DataError as exc:
                 if single:
                     raise
@@ -352,7 +377,7 @@ def predict_path(predictor: Predictor, input, out, fmt: Optional[str] = None, pr
         images = [j for j in ok_jobs if j.kind == "image"]
         if images:
             _do_images(run, predictor, images, src, bar)
-        for job in (j for j in ok_jobs if j.kind == "volume"):
+        for job in (j for j in ok_jobs if j.kind in ("volume", "clinic")):
             try:
                 _do_volume(run, predictor, job, bar)
             except DataError as exc:
@@ -363,7 +388,12 @@ def predict_path(predictor: Predictor, input, out, fmt: Optional[str] = None, pr
     if single and run.failures and run.n_bscans == 0:
         raise DataError(run.failures[0][0], run.failures[0][1])
     with run.timed("csv"):
-        _write_confidence_csv(run)
-        _write_csv(run)
+        if shard is not None:
+            from octseg.inference.shards import write_part
+
+            write_part(run, shard, src, n_jobs)
+        else:
+            _write_confidence_csv(run)
+            _write_csv(run)
     run.seconds = time.perf_counter() - t0
     return run

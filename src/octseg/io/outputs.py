@@ -8,6 +8,11 @@ folder, the demo folder) is an :class:`OutputFolder`. It keeps a small record in
   killed run leaves a complete list of what is octseg's;
 * ``lock``: held with ``flock`` while a command writes, so two runs never mix their outputs.
 
+A folder can also be written by several cooperating processes (``octseg predict --shard I/N``):
+each claims a *part* of a *group* and keeps its own record in ``OUT/.octseg/parts/GROUP/PART/``;
+parts of one group share the folder (a shared lock on ``lock``, an exclusive one on their own),
+a plain claim excludes them, and another group in the folder counts as an earlier run.
+
 The rules (README, "What octseg overwrites"):
 
 * a new or empty folder is claimed;
@@ -174,8 +179,10 @@ class OutputFolder:
     """
 
     def __init__(self, path, command: str, *, overwrite: bool = False, reuse: bool = False, whole: bool = False,
-                 protect: Iterable = (), legacy: Callable[[Path], bool] = lambda p: False, keep_run_info: bool = False):
+                 protect: Iterable = (), legacy: Callable[[Path], bool] = lambda p: False, keep_run_info: bool = False,
+                 part: Optional[tuple[str, str]] = None):
         self.path = Path(path)
+        self.part = part  # (group, name): one of several processes writing the folder together
         self.command = command
         self.overwrite, self.reuse, self.whole = bool(overwrite), bool(reuse), bool(whole)
         self.protect = [p for p in protect if p]
@@ -190,30 +197,59 @@ class OutputFolder:
     def record(self) -> Path:
         return self.path / RECORD_DIR
 
+    @property
+    def own_record(self) -> Path:
+        """This claim's record: the folder's, or its part's (``.octseg/parts/GROUP/PART``)."""
+        return self.record if self.part is None else self.record / "parts" / self.part[0] / self.part[1]
+
     def _run_info(self) -> Optional[dict]:
         try:
-            doc = json.loads((self.record / "run.json").read_text())
+            doc = json.loads((self.own_record / "run.json").read_text())
         except (OSError, ValueError):
             return None
         return doc if isinstance(doc, dict) else None
 
-    def _recorded_files(self) -> list[str]:
+    def _recorded_files(self, record: Optional[Path] = None) -> list[str]:
         try:
-            return [ln for ln in (self.record / "files.txt").read_text().splitlines() if ln.strip()]
+            text = ((record or self.own_record) / "files.txt").read_text()
         except OSError:
             return []
+        return [ln for ln in text.splitlines() if ln.strip()]
+
+    def _part_records(self) -> dict[tuple[str, str], Path]:
+        """(group, part) -> record folder of every part that has written into the folder."""
+        found = {}
+        try:
+            for g in sorted((self.record / "parts").iterdir()):
+                for q in sorted(g.iterdir()) if g.is_dir() else ():
+                    if q.is_dir():
+                        found[(g.name, q.name)] = q
+        except OSError:
+            pass
+        return found
+
+    def part_info(self) -> dict[tuple[str, str], dict]:
+        """(group, part) -> the part's ``run.json`` (status, pid, argv) for every part record."""
+        out = {}
+        for key, rec in self._part_records().items():
+            try:
+                doc = json.loads((rec / "run.json").read_text())
+            except (OSError, ValueError):
+                doc = {}
+            out[key] = doc if isinstance(doc, dict) else {}
+        return out
 
     # -- claiming
     def __enter__(self) -> "OutputFolder":
         _check_not_input(self.path, self.protect, "output folder")
         if self.path.exists() and not self.path.is_dir():
             raise DataError(self.path, "exists and is not a folder")
-        if not _is_main_process():
+        if not _is_main_process() and self.part is None:
             return self  # rank 0 holds the claim and the lock
         if self.path.is_dir():
             self._check_and_reset(dry=True)  # a refused folder gets nothing, not even the record
         try:
-            self.record.mkdir(parents=True, exist_ok=True)
+            self.own_record.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise write_error(exc, self.path, "cannot create the output folder") from None
         self._lock()
@@ -221,7 +257,7 @@ class OutputFolder:
             self._check_and_reset()  # again under the lock
             self._write_run_info("running")
             if not self.whole:
-                self._files_fh = open(self.record / "files.txt", "a", encoding="utf-8")
+                self._files_fh = open(self.own_record / "files.txt", "a", encoding="utf-8")
                 self._recorded = set(self._recorded_files())
         except BaseException:
             self._unlock()
@@ -233,20 +269,31 @@ class OutputFolder:
             import fcntl
         except ImportError:  # pragma: no cover - Windows: no advisory locks, the rules still hold
             return
-        fh = open(self.record / "lock", "a+")
-        try:
-            fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            fh.close()
-            info = self._run_info() or {}
-            raise DataError(self.path, f"is being written by another octseg process (pid {info.get('pid', '?')}, "
-                                       f"octseg {info.get('command', '?')} since {info.get('started', '?')}); "
-                                       f"wait for it to finish or choose another folder") from None
-        self._lock_fh = fh
+        # parts of a group share the folder's lock and hold their own; a plain claim holds the folder's
+        locks = [(self.record / "lock", fcntl.LOCK_EX if self.part is None else fcntl.LOCK_SH)]
+        if self.part is not None:
+            locks.append((self.own_record / "lock", fcntl.LOCK_EX))
+        held = []
+        for path, mode in locks:
+            fh = open(path, "a+")
+            try:
+                fcntl.flock(fh.fileno(), mode | fcntl.LOCK_NB)
+            except OSError:
+                fh.close()
+                for h in held:
+                    h.close()
+                info = self._run_info() or {}
+                who = (f"pid {info.get('pid', '?')}, octseg {info.get('command', '?')} since "
+                       f"{info.get('started', '?')}") if path.parent == self.own_record else "another command"
+                raise DataError(self.path, f"is being written by another octseg process ({who}); wait for it to "
+                                           f"finish or choose another folder") from None
+            held.append(fh)
+        self._lock_fh = held
 
     def _unlock(self) -> None:
         if self._lock_fh is not None:
-            self._lock_fh.close()  # closing releases the flock
+            for fh in self._lock_fh:
+                fh.close()  # closing releases the flock
             self._lock_fh = None
 
     def _foreign(self, ours: set[str]) -> list[str]:
@@ -281,6 +328,8 @@ class OutputFolder:
             if foreign and not self.overwrite:
                 raise DataError(self.path, _foreign_message(foreign))
             return
+        if self.part is not None or self._part_records():
+            return self._check_parts(dry)
         ours = set(self._recorded_files())
         foreign = self._foreign(ours)
         if foreign and not self.overwrite:
@@ -294,10 +343,51 @@ class OutputFolder:
             if not dry:
                 self._remove_earlier(ours)
 
-    def _remove_earlier(self, ours: set[str]) -> None:
+    def _check_parts(self, dry: bool) -> None:
+        """The rules where parts are involved: a part's siblings (same group) are not earlier output;
+        the folder's own record, other groups and this part's own earlier files are, and only
+        ``overwrite`` replaces them (``reuse`` continues this part's own)."""
+        parts = self._part_records()
+        top = set(self._recorded_files(self.record))
+        every = set(top)
+        for rec in parts.values():
+            every.update(self._recorded_files(rec))
+        foreign = self._foreign(every)
+        if foreign and not self.overwrite:
+            raise DataError(self.path, _foreign_message(foreign))
+        mine = self.part
+        earlier: dict[str, Path] = {}  # description -> record folder
+        top_info = _read_json(self.record / "run.json")
+        if top and top_info is not None and not (mine is None and self.reuse):
+            earlier[f"octseg {top_info.get('command')} ({top_info.get('started', '?')})"] = self.record
+        for (group, name), rec in parts.items() if not (mine is None and self.reuse) else ():
+            if mine is not None and group == mine[0] and (name != mine[1] or self.reuse):
+                continue  # a sibling, or this part continued
+            if self._recorded_files(rec):
+                earlier[f"part {name} of {group}"] = rec
+        if not earlier:
+            return
+        if not self.overwrite:
+            shown = ", ".join(list(earlier)[:3]) + (" ..." if len(earlier) > 3 else "")
+            raise DataError(self.path, f"holds the output of an earlier octseg run ({shown}); pass --overwrite to "
+                                       f"replace it, or choose another folder")
+        if dry:
+            return
+        for rec in earlier.values():
+            self._remove_earlier(set(self._recorded_files(rec)), rec)
+            if rec != self.record and rec != self.own_record:
+                import shutil
+
+                shutil.rmtree(rec, ignore_errors=True)
+        if self.part is None:
+            import shutil
+
+            shutil.rmtree(self.record / "parts", ignore_errors=True)
+
+    def _remove_earlier(self, ours: set[str], record: Optional[Path] = None) -> None:
         """Delete the earlier run's files (only those it recorded) and the folders they leave empty."""
-        for dirpath, _, filenames in os.walk(self.path):  # temporary files of a killed run
-            for name in filenames:
+        for dirpath, _, filenames in os.walk(self.path) if self.part is None else ():  # a killed run's temporary
+            for name in filenames:  # files (never with parts: a sibling's may be in flight)
                 if name.startswith(TMP_PREFIX):
                     Path(dirpath, name).unlink(missing_ok=True)
         dirs = set()
@@ -306,6 +396,8 @@ class OutputFolder:
             try:
                 if p.is_symlink() or p.is_file():
                     p.unlink()
+            except FileNotFoundError:
+                pass  # removed meanwhile by a sibling part
             except OSError as exc:
                 raise write_error(exc, p, "cannot remove the earlier output") from None
             dirs.update(q for q in Path(rel).parents if str(q) != ".")
@@ -314,7 +406,7 @@ class OutputFolder:
                 (self.path / d).rmdir()
             except OSError:
                 pass  # not empty (a user's file) or gone
-        (self.record / "files.txt").unlink(missing_ok=True)
+        ((record or self.own_record) / "files.txt").unlink(missing_ok=True)
 
     def _write_run_info(self, status: str) -> None:
         if self.keep_run_info:
@@ -325,7 +417,9 @@ class OutputFolder:
         doc.setdefault("started", _now())
         if status != "running":
             doc["ended"] = _now()
-        atomic_write_text(self.record / "run.json", json.dumps(doc, indent=1) + "\n", fsync=False)
+        if self.part is not None:
+            doc["part"] = list(self.part)
+        atomic_write_text(self.own_record / "run.json", json.dumps(doc, indent=1) + "\n", fsync=False)
 
     # -- writing
     def file(self, rel) -> Path:
@@ -343,7 +437,7 @@ class OutputFolder:
                 self._files_fh.write(key + "\n")
                 self._files_fh.flush()
             except OSError as exc:
-                raise write_error(exc, self.record / "files.txt") from None
+                raise write_error(exc, self.own_record / "files.txt") from None
             self._recorded.add(key)
         try:
             full.parent.mkdir(parents=True, exist_ok=True)
@@ -361,6 +455,14 @@ class OutputFolder:
             except OctsegError:
                 pass  # e.g. the disk is full: the run's own error is the one to report
         self._unlock()
+
+
+def _read_json(path: Path) -> Optional[dict]:
+    try:
+        doc = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return doc if isinstance(doc, dict) else None
 
 
 def _foreign_message(foreign: list[str]) -> str:

@@ -9,30 +9,10 @@
 
 from __future__ import annotations
 
-from typing import Optional
-
 import numpy as np
 
-
-def enface_counts(labels: np.ndarray, num_classes: int) -> np.ndarray:
-    """(S, H, W) label stack -> uint16 (K-1, S, W): pixels of each fluid class per A-scan.
-
-    Row ``s``, column ``x`` of class ``c`` is ``(labels[s, :, x] == c).sum()`` exactly."""
-    labels = np.asarray(labels)
-    if labels.ndim == 2:
-        labels = labels[None]
-    if labels.ndim != 3:
-        raise ValueError(f"labels must be (S, H, W), got shape {labels.shape}")
-    if labels.shape[1] > np.iinfo(np.uint16).max:
-        raise ValueError(f"A-scans of {labels.shape[1]} pixels do not fit the uint16 map")
-    return np.stack([(labels == c).sum(axis=1, dtype=np.int64) for c in range(1, num_classes)]).astype(np.uint16)
-
-
-def enface_thickness_um(labels: np.ndarray, num_classes: int, axial_mm: Optional[float]) -> np.ndarray:
-    """(S, H, W) -> float64 (K-1, S, W) fluid thickness in µm (pixel counts × axial spacing);
-    in pixels when ``axial_mm`` is unknown."""
-    counts = enface_counts(labels, num_classes).astype(np.float64)
-    return counts * (axial_mm * 1000.0) if axial_mm else counts
+# The en-face map itself (enface_counts, enface_thickness_um) lives with the palette in octseg.overlay,
+# so that prediction, below the report layer, draws its en-face PNG from the numbers the viewer shows.
 
 
 def area_per_bscan(labels: np.ndarray, num_classes: int) -> np.ndarray:

@@ -30,7 +30,8 @@ from typing import NamedTuple, Optional
 import numpy as np
 
 from octseg.errors import DataError
-from octseg.report.enface import area_per_bscan, enface_counts
+from octseg.overlay import enface_counts
+from octseg.report.enface import area_per_bscan
 from octseg.report.html import Raw, esc, fmt_num, jpeg_uri, js_json, page, png_uri, table, u16_b64
 
 #: A volume whose mean per-B-scan confidence (mean max softmax probability) is below this is

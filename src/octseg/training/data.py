@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 from octseg.config import Config
 from octseg.data.prepared import PreparedDataset
@@ -136,7 +136,10 @@ class StepSampler(Sampler):
     """Yields, per training step, (labelled positions, unlabelled positions).
 
     The order is a pure function of (seed, epoch): Lightning calls ``set_epoch`` each epoch,
-    and a resumed run therefore draws the same batches. Each DDP rank takes its own slice.
+    and a resumed run therefore draws the same batches. Each DDP rank takes its own slice (the
+    ranks' batches of one step are disjoint within a pass over the data). ``position`` (steps
+    handed out this epoch) is saved in mid-epoch checkpoints, so a resumed epoch continues where
+    the killed one stopped instead of repeating its first batches.
     """
 
     def __init__(self, n_lab, n_unlab, lab_batch, unlab_batch, steps, seed, rank=0, world=1):
@@ -144,6 +147,8 @@ class StepSampler(Sampler):
         self.lb, self.ub = lab_batch, unlab_batch if n_unlab > 0 else 0
         self.steps, self.seed, self.rank, self.world = steps, seed, rank, world
         self.epoch = 0
+        self.position = 0
+        self._resume: tuple[int, int] | None = None
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = int(epoch)
@@ -151,12 +156,36 @@ class StepSampler(Sampler):
     def __len__(self) -> int:
         return self.steps
 
+    def state_dict(self) -> dict:
+        return {"epoch": self.epoch, "position": self.position}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Continue at ``position`` when the next pass is over the same epoch (a mid-epoch resume)."""
+        self._resume = (int(state["epoch"]), int(state["position"]))
+
     def __iter__(self):
+        start = 0
+        if self._resume is not None:
+            start = self._resume[1] if self._resume[0] == self.epoch else 0
+            self._resume = None
         lab = _stream(np.random.default_rng([self.seed, self.epoch, 0]), self.n_lab, self.steps * self.lb * self.world)
         unl = _stream(np.random.default_rng([self.seed, self.epoch, 1]), self.n_unlab, self.steps * self.ub * self.world)
-        for s in range(self.steps):
+        self.position = start
+        for s in range(start, self.steps):
             i = s * self.world + self.rank
+            self.position = s + 1
             yield lab[i * self.lb:(i + 1) * self.lb], unl[i * self.ub:(i + 1) * self.ub]
+
+
+class StepLoader(DataLoader):
+    """The training loader, resumable mid-epoch: Lightning saves its ``state_dict`` (the sampler's
+    epoch and position) in every checkpoint and restores it when a run resumes inside an epoch."""
+
+    def state_dict(self) -> dict:
+        return self.sampler.state_dict()
+
+    def load_state_dict(self, state: dict) -> None:
+        self.sampler.load_state_dict(state)
 
 
 class StepDataset(Dataset):
@@ -180,8 +209,15 @@ class StepDataset(Dataset):
 
 
 class EvalDataset(Dataset):
-    def __init__(self, data: TrainData, part: str, batch: int):
-        self.images, self.masks, self.rows, self.batch = data.images, data.masks, data.parts[part], batch
+    """Batches of one part of the split; under DDP each rank takes every ``world``-th B-scan (the
+    ranks' confusion matrices are summed, so the figures equal a single process's)."""
+
+    def __init__(self, data: TrainData, part: str, batch: int, rank: int = 0, world: int = 1):
+        rows = data.parts[part]
+        if world > 1 and len(rows) < world:
+            raise ConfigError(f"{len(rows)} {part} B-scan(s) for {world} processes: each process needs at least one "
+                              f"(raise data.{part} or use fewer devices)")
+        self.images, self.masks, self.rows, self.batch = data.images, data.masks, rows[rank::world], batch
 
     def __len__(self):
         return math.ceil(len(self.rows) / self.batch)

@@ -36,6 +36,10 @@ class SegmentationModule(L.LightningModule):
         self.method = build_method(cfg.method, network, SegmentationLoss(cfg.loss, self.num_classes))
         self.augmenter = Augmenter(cfg.augment)
         self._val_conf: dict[str, torch.Tensor] = {}
+        # The epoch means of the training losses, kept here (not by Lightning's logger) so that they
+        # travel in mid-epoch checkpoints and are summed over DDP ranks: ReduceLROnPlateau watches one.
+        self._epoch_sums: dict[str, torch.Tensor] = {}
+        self._epoch_n = 0
 
     # -- batch preparation on the device
     def _generator(self, salt: int) -> torch.Generator:
@@ -78,14 +82,41 @@ class SegmentationModule(L.LightningModule):
         ctx = self._context(self.global_step + 1, self._generator(3), valid_u)
         loss, logs = self.method.training_loss(x_l, y_l, x_u, ctx)
         n = x_l.shape[0] + (0 if x_u is None else x_u.shape[0])
-        self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=n)
+        self.log("train/loss_step", loss, on_step=True, on_epoch=False, prog_bar=True, batch_size=n)
         for k, v in logs.items():
-            self.log(f"train/{k}", v, on_step=True, on_epoch=True, batch_size=n)
+            self.log(f"train/{k}_step", v, on_step=True, on_epoch=False, batch_size=n)
+        for k, v in {"loss": loss, **logs}.items():
+            v = torch.as_tensor(v, device=self.device).detach().double() * n
+            self._epoch_sums[k] = self._epoch_sums[k] + v if k in self._epoch_sums else v
+        self._epoch_n += n
         return loss
 
-    def on_train_batch_end(self, outputs, batch, batch_idx):
-        # Lightning has stepped the optimiser; global_step now counts that step.
+    def optimizer_step(self, *args, **kwargs):
+        """The optimiser step, then the method's update (e.g. the EMA teacher) — before any callback
+        runs, so a checkpoint written after this step holds the updated teacher."""
+        super().optimizer_step(*args, **kwargs)
+        # global_step now counts this step
         self.method.after_optimizer_step(self._context(self.global_step, self._generator(1)))
+
+    def on_train_epoch_start(self):
+        # (not called when a run resumes inside an epoch: the sums then come from the checkpoint)
+        self._epoch_sums, self._epoch_n = {}, 0
+
+    def on_train_epoch_end(self):
+        """``train/<value>_epoch``: the batch-size weighted mean over the epoch (and over all ranks)."""
+        if not self._epoch_sums:
+            return
+        keys = sorted(self._epoch_sums)
+        sums = torch.stack([self._epoch_sums[k] for k in keys] + [torch.tensor(float(self._epoch_n),
+                                                                                dtype=torch.float64,
+                                                                                device=self.device)])
+        if self.trainer.world_size > 1:
+            sums = self.trainer.strategy.reduce(sums, reduce_op="sum")
+        for k, total in zip(keys, sums[:-1]):
+            # (equal on every rank already; sync_dist keeps it so and keeps Lightning from warning)
+            self.log(f"train/{k}_epoch", (total / sums[-1]).float(), on_step=False, on_epoch=True,
+                     prog_bar=k == "loss", sync_dist=self.trainer.world_size > 1)
+        self._epoch_sums, self._epoch_n = {}, 0
 
     # -- validation: hard label maps, pooled confusion per network
     def on_validation_epoch_start(self):
@@ -100,17 +131,19 @@ class SegmentationModule(L.LightningModule):
 
     def on_validation_epoch_end(self):
         default = self.method.default_weights
+        sync = self.trainer.world_size > 1  # the figures are equal on every rank (summed counts): keeps Lightning quiet
         for name, conf in self._val_conf.items():
-            conf = self.trainer.strategy.reduce(conf.float(), reduce_op="sum") if self.trainer.world_size > 1 else conf
+            if self.trainer.world_size > 1:  # each rank validated its share of the B-scans: sum the counts
+                conf = self.trainer.strategy.reduce(conf.double(), reduce_op="sum").round().long()
             dice = dice_from_confusion_torch(conf)
             for c in range(1, self.num_classes):
                 if not torch.isnan(dice[c]):
-                    self.log(f"val/{name}/dice_{self.classes[c]}", dice[c].float())
+                    self.log(f"val/{name}/dice_{self.classes[c]}", dice[c].float(), sync_dist=sync)
             fg = dice[1:][~torch.isnan(dice[1:])]
             mean_fg = fg.mean().float() if len(fg) else torch.tensor(0.0)
-            self.log(f"val/{name}/mean_fg_dice", mean_fg, prog_bar=(name == default))
+            self.log(f"val/{name}/mean_fg_dice", mean_fg, prog_bar=(name == default), sync_dist=sync)
             if name == default:
-                self.log("val/mean_fg_dice", mean_fg)
+                self.log("val/mean_fg_dice", mean_fg, sync_dist=sync)
 
     # -- optimiser
     def configure_optimizers(self):
@@ -125,3 +158,44 @@ class SegmentationModule(L.LightningModule):
     def on_save_checkpoint(self, checkpoint):
         checkpoint["octseg"] = self.checkpoint_meta()
         checkpoint.pop("hyper_parameters", None)
+        checkpoint["octseg_train_state"] = {
+            "epoch_sums": {k: v.detach().cpu() for k, v in self._epoch_sums.items()}, "epoch_n": self._epoch_n,
+            "rng": _rng_states(),
+        }
+
+    def on_load_checkpoint(self, checkpoint):
+        state = checkpoint.get("octseg_train_state")
+        if not state:  # a checkpoint from before mid-epoch checkpoints: written at an epoch's end
+            return
+        self._epoch_sums = {k: v.to(self.device) for k, v in state["epoch_sums"].items()}
+        self._epoch_n = int(state["epoch_n"])
+        _set_rng_states(state["rng"])
+
+
+def _rng_states() -> dict:
+    """The global random generators (Python, NumPy, torch CPU and CUDA) as weights-only-loadable values.
+    octseg's own randomness is a function of seed and step; these cover anything else that draws."""
+    import random
+
+    import numpy as np
+
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    version, internal, gauss_next = random.getstate()
+    return {"python": [version, list(internal), gauss_next],
+            "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(gauss)],
+            "torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
+
+
+def _set_rng_states(s: dict) -> None:
+    import random
+
+    import numpy as np
+
+    version, internal, gauss_next = s["python"]
+    random.setstate((version, tuple(internal), gauss_next))
+    kind, keys, pos, has_gauss, gauss = s["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
+    torch.set_rng_state(s["torch"])
+    if s["cuda"] and torch.cuda.is_available() and len(s["cuda"]) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(s["cuda"])

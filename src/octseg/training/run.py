@@ -25,7 +25,8 @@ from octseg.io.outputs import atomic_write_text
 from octseg.inference.predictor import resolve_device
 from octseg.models import build_model
 from octseg.training.curves import plot_learning_curves
-from octseg.training.data import EvalDataset, StepDataset, StepSampler, TrainData, intensity_stats, load_train_data
+from octseg.training.data import (EvalDataset, StepDataset, StepLoader, StepSampler, TrainData, intensity_stats,
+                                  load_train_data)
 from octseg.training.module import SegmentationModule
 
 
@@ -95,6 +96,30 @@ def resolve_precision(precision: str, accelerator: str = "auto") -> str:
     return "bf16-mixed" if native else "32"
 
 
+def _mid_epoch_checkpoints(cfg: Config, run_dir: Path) -> list:
+    """``last.ckpt`` inside epochs, every ``trainer.checkpoint_every_steps`` steps and/or
+    ``checkpoint_every_minutes`` minutes (Lightning's ModelCheckpoint; one callback per trigger)."""
+    import datetime
+
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    class MidEpochCheckpoint(ModelCheckpoint):
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            # an epoch's last step: the epoch-end checkpoint follows (after validation), which resumes cleanly
+            if not trainer.fit_loop.epoch_loop.batch_progress.is_last_batch:
+                super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+
+    t, out = cfg.trainer, []
+    common = dict(dirpath=run_dir / "checkpoints", filename="last", monitor=None, save_top_k=1,
+                  enable_version_counter=False, save_on_train_epoch_end=False)
+    if t.checkpoint_every_steps:
+        out.append(MidEpochCheckpoint(every_n_train_steps=t.checkpoint_every_steps, **common))
+    if t.checkpoint_every_minutes:
+        out.append(MidEpochCheckpoint(train_time_interval=datetime.timedelta(minutes=t.checkpoint_every_minutes),
+                                      **common))
+    return out
+
+
 def build_trainer(cfg: Config, run_dir: Path, callbacks=(), logger=True, **trainer_kwargs) -> L.Trainer:
     from lightning.pytorch.callbacks import ModelCheckpoint
     from lightning.pytorch.loggers import CSVLogger
@@ -105,6 +130,7 @@ def build_trainer(cfg: Config, run_dir: Path, callbacks=(), logger=True, **train
                            save_top_k=1, enable_version_counter=False, auto_insert_metric_name=False)
     last = ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="last", monitor=None, save_top_k=1,
                            every_n_epochs=1, enable_version_counter=False)
+    callbacks = [*_mid_epoch_checkpoints(cfg, run_dir), *callbacks]
     loggers = []
     if logger:
         loggers.append(CSVLogger(save_dir=str(run_dir), name="logs", version=""))
@@ -191,16 +217,28 @@ def _train(cfg: Config, run_dir: Path, resume: bool, extra_callbacks) -> TrainRe
     elif last.is_file():
         raise ConfigError(f"{run_dir} already holds a run; use --resume to continue it or choose another --out")
     run_dir.mkdir(parents=True, exist_ok=True)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+        trainer = build_trainer(cfg, run_dir, callbacks=extra_callbacks)
+    # Under DDP every process runs this function; only rank 0 writes the run folder's files
+    # (Lightning writes checkpoints from rank 0 only).
+    rank0 = trainer.is_global_zero
     log = run_dir / "logs" / "metrics.csv"
-    if resume and log.is_file():  # Lightning's CSV logger would overwrite the earlier part
+    if resume and rank0:  # a checkpoint write that a kill interrupted left its temporary file (never a .ckpt)
+        from octseg.io.outputs import TMP_PREFIX
+
+        for tmp in (run_dir / "checkpoints").glob(f"{TMP_PREFIX}*"):
+            tmp.unlink(missing_ok=True)
+    if resume and log.is_file() and rank0:  # Lightning's CSV logger would overwrite the earlier part
         log.rename(log.with_name(f"metrics.part{len(list(log.parent.glob('metrics.part*.csv'))) + 1}.csv"))
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     data = load_train_data(cfg)
     input_size = _network_input_size(cfg, data)
     if resume:
         _check_resume_split(data.split, run_dir)
-    save_config(cfg, run_dir / "config.yaml")
-    atomic_write_text(run_dir / "split.json", json.dumps(data.split, indent=1, sort_keys=True))
+    if rank0:
+        save_config(cfg, run_dir / "config.yaml")
+        atomic_write_text(run_dir / "split.json", json.dumps(data.split, indent=1, sort_keys=True))
     norm = intensity_stats(data.images, np.concatenate([data.parts["labelled"], data.parts.get("unlabelled", [])]).astype(np.int64))
     n_lab = len(data.parts["labelled"])
     n_unl = len(data.parts.get("unlabelled", ()))
@@ -209,7 +247,6 @@ def _train(cfg: Config, run_dir: Path, resume: bool, extra_callbacks) -> TrainRe
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*does not have many workers.*")
         warnings.filterwarnings("ignore", message=".*predict_dataloader.*|.*val_dataloader.*workers.*")
-        trainer = build_trainer(cfg, run_dir, callbacks=extra_callbacks)
         net = build_model(cfg.model, len(data.classes)) if not resume else build_model(
             dataclasses.replace(cfg.model, encoder_weights="none"), len(data.classes))
         module = SegmentationModule(cfg, net, data.classes, input_size, norm, steps)
@@ -217,11 +254,14 @@ def _train(cfg: Config, run_dir: Path, resume: bool, extra_callbacks) -> TrainRe
             n_unl = 0
         sampler = StepSampler(n_lab, n_unl, cfg.data.labelled_batch, cfg.data.unlabelled_batch, steps, cfg.seed,
                               rank=trainer.global_rank, world=trainer.world_size)
-        train_loader = DataLoader(StepDataset(data), sampler=sampler, batch_size=None, num_workers=0)
-        val_loader = DataLoader(EvalDataset(data, "val", cfg.trainer.val_batch), batch_size=None, num_workers=0)
-        print(f"training {cfg.method.name} ({cfg.model.arch}-{cfg.model.encoder}) on {n_lab} labelled + "
-              f"{n_unl} unlabelled B-scans, validating on {len(data.parts['val'])}; {steps} steps/epoch, "
-              f"input {input_size[0]}x{input_size[1]}, classes {list(data.classes)}")
+        train_loader = StepLoader(StepDataset(data), sampler=sampler, batch_size=None, num_workers=0)
+        val_loader = DataLoader(EvalDataset(data, "val", cfg.trainer.val_batch, trainer.global_rank, trainer.world_size),
+                                batch_size=None, num_workers=0)
+        if rank0:
+                print(f"training {cfg.method.name} ({cfg.model.arch}-{cfg.model.encoder}) on {n_lab} labelled + "
+                  f"{n_unl} unlabelled B-scans, validating on {len(data.parts['val'])}; {steps} steps/epoch, "
+                  f"input {input_size[0]}x{input_size[1]}, classes {list(data.classes)}"
+                  + (f"; {trainer.world_size} processes, each its own B-scans" if trainer.world_size > 1 else ""))
         t0 = time.time()
         trainer.fit(module, train_loader, val_loader, ckpt_path=str(last) if resume else None)
     best = run_dir / "checkpoints" / "best.ckpt"

@@ -1,0 +1,72 @@
+"""The speed benchmarks' ``--quick`` modes, run as the README gives them: every code path of
+benchmarks/gpu.py (on the CPU: training variants, compile, prediction with PyTorch and ONNX Runtime,
+the JSON) and of benchmarks/train_throughput.py, so that a scarce GPU session is never spent on a
+broken script. Each runs in its own process (Lightning and torch.compile change process-wide state);
+about 15 + 30 s on 2 cores."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _run(script: str, *args: str, timeout: int = 300) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OCTSEG_ORT_THREADS": "1", "OMP_NUM_THREADS": "1"}
+    return subprocess.run([sys.executable, str(ROOT / "benchmarks" / script), *args], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def _quick(script: str, out: Path) -> dict:
+    proc = _run(script, "--quick", "--threads", "1", "--out", str(out))
+    assert proc.returncode == 0, f"{script} --quick failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}"
+    assert "QUICK SMOKE TEST" in proc.stdout
+    doc = json.loads(out.read_text())
+    assert doc["machine"]["torch"] and doc["figures"]["quick"] is True
+    return doc["figures"]
+
+
+def test_gpu_quick_runs_every_path_on_cpu(tmp_path):
+    f = _quick("gpu.py", tmp_path / "gpu_quick.json")
+    assert f["errors"] == [] and f["skipped"] == [] and f["complete"] is True
+    assert {"float32", "bfloat16"} <= set(f["matmul_peak"])
+    train = f["training"]["resnet50"]
+    assert set(train["variants"]) == {"original loop (fp32)", "octseg fp32", "octseg fp32, channels-last",
+                                      "octseg bf16-mixed, channels-last", "octseg 16-mixed, channels-last",
+                                      "octseg bf16-mixed, channels-last, non-deterministic",
+                                      "octseg bf16-mixed, channels-last, compiled"}
+    assert train["flops_per_step"]["original"] > 0 and train["flops_per_step"]["octseg"] > 0
+    for v in train["variants"].values():
+        assert v["median_s_per_step"] > 0 and v["achieved_flops_per_s"] > 0 and v["pct_of_peak"] > 0
+        assert v["ratio_vs_original"] > 0
+    pred = f["predict"]["variants"]
+    assert set(pred) == {"torch, batch 8", "torch, batch 32", "torch channels-last, batch 32",
+                         "onnxruntime CPU, batch 32"}  # onnxruntime comes with octseg[dev]
+    assert all(v["bscans_per_s"] > 0 and len(v["runs"]) == 2 for v in pred.values())
+
+
+def test_train_throughput_quick(tmp_path):
+    f = _quick("train_throughput.py", tmp_path / "tt.json")
+    v = f["variants"]
+    assert {"original loop (fp32)", "octseg (fp32, channels-last)", "demo mean_teacher (fp32)",
+            "demo supervised (fp32)"} <= set(v)
+    for s in v.values():
+        assert s["flops_per_step"] > 0 and s["achieved_flops_per_s"] > 0 and s["pct_of_peak"] > 0
+    assert v["original loop (fp32)"]["ratio_vs_original"] == 1.0
+    assert f["matmul_peak"]["1"]["best_flops_per_s"] > 0
+
+
+def test_gpu_refuses_without_cuda(tmp_path):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("a CUDA GPU is present: nothing to refuse")
+    proc = _run("gpu.py", "--out", str(tmp_path / "g.json"), timeout=120)
+    assert proc.returncode == 2 and "no CUDA GPU" in proc.stderr and "--quick" in proc.stderr
+    assert not (tmp_path / "g.json").exists()
