@@ -168,7 +168,8 @@ def _build_network(ckpt: dict, meta: dict, name: str, path, device) -> nn.Module
     try:
         model.load_state_dict(network_state(ckpt, name))
     except RuntimeError as exc:
-        raise CheckpointError(f"{path}: weights do not fit the recorded architecture ({exc})") from None
+        first = " ".join(str(exc).split())[:300]
+        raise CheckpointError(f"{path}: weights do not fit the recorded architecture ({first})") from None
     return model.to(device).eval()
 
 

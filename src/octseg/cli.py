@@ -133,7 +133,7 @@ def cmd_predict(a) -> int:
 
         raise ConfigError("--report with --shard: merge the shards (octseg merge-csv OUT), then run octseg report OUT")
     jobs, notes = plan_inputs(a.input, keep_identifiers=a.keep_identifiers)  # a bad INPUT fails before the model loads
-    with claim_output(a.out, a.input, a.overwrite, shard) as folder:
+    with claim_output(a.out, a.input, a.overwrite, shard, a.resume) as folder:
         predictor = Predictor.from_checkpoint(a.checkpoint, device=a.device, weights=a.weights,
                                               tta=a.tta == "flip", backend=a.backend, batch=a.batch)
         predictor.min_sizes = parse_min_sizes(a.min_size, predictor.classes)
@@ -141,15 +141,18 @@ def cmd_predict(a) -> int:
             print(f"note: {n}", file=sys.stderr)
         load_s = time.perf_counter() - t0
         run = predict_path(predictor, a.input, a.out, fmt=a.format, jobs=jobs, folder=folder,
-                           keep_images=a.report, shard=shard)
+                           keep_images=a.report, shard=shard, resume=a.resume)
         report = None
         if a.report and run.n_bscans:
             from octseg.report.prediction import write_prediction_report
 
-            report = write_prediction_report(a.out, folder=folder, images=run.images,
+            skipped = run.journal is not None and run.journal.skipped  # their B-scans: read again from the sources
+            report = write_prediction_report(a.out, folder=folder, images=None if skipped else run.images,
                                              spacings={v: d["spacing"] for v, d in run.volumes.items()})
             run.images = None
     print(format_summary(run, predictor))
+    if a.resume and run.journal is not None:
+        print(run.journal.summary())
     print(f"(model loaded in {load_s:.1f} s)")
     if report is not None:
         print(f"report written to {report.path} ({report.size_bytes / 1e6:.1f} MB in {report.seconds:.1f} s)")
@@ -308,6 +311,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "CSV part; 'auto' takes I and N from torchrun or a SLURM array job (under torchrun with "
                         "several processes this is the default); then run octseg merge-csv OUT")
     p.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
+    p.add_argument("--resume", action="store_true",
+                   help="continue a stopped octseg predict into OUT: inputs whose outputs are complete (checked "
+                        "against OUT/.octseg/manifest.jsonl's checksums) are skipped, the rest predicted")
     p.set_defaults(func=cmd_predict)
 
     p = sub.add_parser("merge-csv", help="join the CSV parts of a sharded octseg predict (--shard I/N) into "

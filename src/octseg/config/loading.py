@@ -23,7 +23,8 @@ def _field_types(cls) -> dict[str, Any]:
     return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
 
 
-def _unknown_key(key: str, valid, where: str) -> ConfigError:
+def _unknown_key(key, valid, where: str) -> ConfigError:
+    key = str(key)  # YAML keys may be numbers, booleans or null
     near = difflib.get_close_matches(key, list(valid), n=1, cutoff=0.5)
     hint = f"; did you mean {where + near[0]!r}?" if near else f"; valid keys: {sorted(valid)}"
     return ConfigError(f"unknown config key {where + key!r}{hint}")
@@ -176,10 +177,7 @@ def load_config(path=None, overrides: Optional[list[str]] = None) -> Config:
     data: dict = {}
     if path is not None:
         path = recipe_path(path)
-        try:
-            data = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"{path}: invalid YAML ({exc})") from exc
+        data = _read_yaml(path)
         if not isinstance(data, dict):
             raise ConfigError(f"{path}: a recipe must be a mapping of sections")
         data.setdefault("name", path.stem)
@@ -193,10 +191,37 @@ def load_config(path=None, overrides: Optional[list[str]] = None) -> Config:
             value = raw
         _set_dotted(data, key.strip(), value)
     try:
-        cfg = _build(Config, data)
+        return validate_config(_build(Config, data))
     except ConfigError as exc:
         raise ConfigError(f"{path}: {exc}" if path is not None else str(exc)) from None
-    return validate_config(cfg)
+
+
+def _read_yaml(path: Path):
+    """A recipe file's YAML; any problem is one ConfigError line naming the file (and line, column)."""
+    from octseg.io.files import open_regular
+    from octseg.errors import DataError
+
+    try:
+        with open_regular(path) as fh:
+            raw = fh.read()
+    except DataError as exc:
+        raise ConfigError(str(exc)) from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read ({exc.strerror or exc})") from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not a UTF-8 text file (byte 0x{raw[exc.start]:02x} at offset {exc.start}); "
+                          f"a recipe is YAML text") from None
+    try:
+        return yaml.safe_load(text) or {}
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ConfigError(f"{path}: invalid YAML{where}: {' '.join(str(problem).split())}") from None
+    except RecursionError:
+        raise ConfigError(f"{path}: invalid YAML: nested too deeply") from None
 
 
 def save_config(cfg: Config, path) -> None:

@@ -31,7 +31,7 @@ from octseg.data.readers import scan_source
 from octseg.constants import UNLABELLED
 from octseg.records import DatasetSource
 from octseg.errors import ConfigError, DataError
-from octseg.io.outputs import write_error
+from octseg.io.outputs import atomic_write_text, write_error
 from octseg.transforms import resize_image_u8, resize_mask_u8
 
 
@@ -221,7 +221,7 @@ def write_prepared(ds: DatasetSource, out, size=None, progress: bool = True,
         }
         _carry_splits(out, tmp, [r.id for r in rows])
         # dataset.json last: is_prepared() looks for it.
-        (tmp / "dataset.json").write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
+        atomic_write_text(tmp / "dataset.json", json.dumps(meta, indent=2, sort_keys=True) + "\n", fsync=False)
         _publish(tmp, out)
     except BaseException as exc:
         shutil.rmtree(tmp, ignore_errors=True)

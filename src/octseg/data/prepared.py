@@ -90,26 +90,32 @@ def read_slice_table(path) -> list[SliceInfo]:
 
 
 def write_slice_table(path, rows: list[SliceInfo]) -> None:
-    with open(path, "w", newline="") as fh:
-        w = csv.writer(fh)
-        w.writerow(SLICE_COLUMNS)
-        for r in rows:
-            s = r.spacing
-            w.writerow(
-                [
-                    r.id,
-                    r.volume,
-                    r.vendor or "",
-                    r.slice_index,
-                    r.orig_height,
-                    r.orig_width,
-                    "" if s is None else repr(s.row),
-                    "" if s is None else repr(s.col),
-                    "" if s is None or s.slice is None else repr(s.slice),
-                    1 if r.labelled else 0,
-                    r.source,
-                ]
-            )
+    """``slices.csv``, through octseg's one file writer (atomic; a full disk is a DataError naming it)."""
+    import io
+
+    from octseg.io.outputs import atomic_write_text
+
+    fh = io.StringIO()
+    w = csv.writer(fh)
+    w.writerow(SLICE_COLUMNS)
+    for r in rows:
+        s = r.spacing
+        w.writerow(
+            [
+                r.id,
+                r.volume,
+                r.vendor or "",
+                r.slice_index,
+                r.orig_height,
+                r.orig_width,
+                "" if s is None else repr(s.row),
+                "" if s is None else repr(s.col),
+                "" if s is None or s.slice is None else repr(s.slice),
+                1 if r.labelled else 0,
+                r.source,
+            ]
+        )
+    atomic_write_text(path, fh.getvalue(), fsync=False)
 
 
 class PreparedDataset:
@@ -164,9 +170,35 @@ class PreparedDataset:
             raise DataError(self.path, f"slice id {exc.args[0]!r} is not in this dataset") from None
 
     def split(self, name: str) -> dict:
-        """Load ``splits/NAME.json`` (parts -> lists of slice ids)."""
+        """Load ``splits/NAME.json`` (parts -> lists of slice ids), checked: a damaged or hand-edited
+        split is a DataError naming the file, never a traceback in training."""
         p = self.path / "splits" / f"{name}.json"
         if not p.is_file():
             avail = sorted(q.stem for q in (self.path / "splits").glob("*.json"))
             raise DataError(p, f"no such split; available: {avail or 'none (run `octseg split`)'}")
-        return json.loads(p.read_text())
+        try:
+            doc = json.loads(p.read_bytes().decode("utf-8"))
+        except OSError as exc:
+            raise DataError(p, f"cannot read ({exc.strerror or exc})") from None
+        except UnicodeDecodeError as exc:
+            raise DataError(p, f"not a UTF-8 JSON file (bad byte at offset {exc.start})") from None
+        except ValueError as exc:  # JSONDecodeError, or numbers too long for int()
+            raise DataError(p, f"invalid JSON ({' '.join(str(exc).split())[:200]})") from None
+        except RecursionError:
+            raise DataError(p, "invalid JSON (nested too deeply)") from None
+        self._check_split(doc, p)
+        return doc
+
+    def _check_split(self, doc, p: Path) -> None:
+        if not isinstance(doc, dict) or not isinstance(doc.get("parts"), dict):
+            raise DataError(p, "not an octseg split (no 'parts' mapping of part name -> slice ids)")
+        for part, ids in doc["parts"].items():
+            if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
+                raise DataError(p, f"part {part!r} must be a list of slice ids (strings)")
+            unknown = [i for i in ids if i not in self._index]
+            if unknown:
+                raise DataError(p, f"part {part!r}: slice id {unknown[0]!r} is not in {self.path}"
+                                   + (f" (and {len(unknown) - 1} more)" if len(unknown) > 1 else ""))
+        for key in ("fractions",):
+            if key in doc and not isinstance(doc[key], dict):
+                raise DataError(p, f"'{key}' must be a mapping")

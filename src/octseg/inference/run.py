@@ -65,6 +65,9 @@ class PredictRun:
     confidence: list = field(default_factory=list)  # (volume, bscan, slice_index, mean max softmax)
     #: with ``keep_images``: mask name -> the uint8 B-scan stack as predicted (for ``--report``)
     images: Optional[dict] = None
+    #: ``--resume``'s journal of finished inputs (:mod:`octseg.inference.resume`)
+    journal: Optional[object] = None
+    added: Optional[dict] = None  # what the input being predicted adds to the tables (for the journal)
 
     @contextmanager
     def timed(self, stage: str):
@@ -84,7 +87,44 @@ def _unique(run: PredictRun, name: str) -> str:
         name = f"{base}_{i}"
         i += 1
     run.names.add(name)
+    if run.added is not None:
+        run.added["names"].append(name)
     return name
+
+
+def _begin_input(run: PredictRun) -> None:
+    """Start collecting one input's outputs and figures for the journal."""
+    if run.journal is None:
+        return
+    run.folder.touched = []
+    run.added = {"names": [], "rows": len(run.rows), "confidence": len(run.confidence), "volumes": [],
+                 "counts": (run.n_bscans, run.n_images, run.n_volumes)}
+
+
+def _finish_input(run: PredictRun, path) -> None:
+    """Journal ``path`` as finished: its outputs are all in place (written atomically)."""
+    if run.journal is None or run.added is None:
+        return
+    a, n0 = run.added, run.added["counts"]
+    figures = {"names": a["names"], "rows": run.rows[a["rows"]:], "confidence": run.confidence[a["confidence"]:],
+               "volumes": a["volumes"],
+               "counts": [run.n_bscans - n0[0], run.n_images - n0[1], run.n_volumes - n0[2]]}
+    run.journal.add(path, run.folder.touched, figures)
+    run.folder.touched, run.added = None, None
+
+
+def _replay_input(run: PredictRun, entry: dict) -> None:
+    """A finished input's share of the tables, from the journal, as predicting it again would add it."""
+    from octseg.records import Spacing
+
+    run.names.update(entry["names"])
+    run.rows += [tuple(r) for r in entry["rows"]]
+    run.confidence += [tuple(c) for c in entry["confidence"]]
+    for vol, pixels, sp, source, n in entry["volumes"]:
+        _add_volume(run, vol, np.asarray(pixels, np.int64)[None], None if sp is None else Spacing(*sp), source, n)
+    run.n_bscans += entry["counts"][0]
+    run.n_images += entry["counts"][1]
+    run.n_volumes += entry["counts"][2]
 
 
 def _class_pixels(labels: np.ndarray, k: int) -> np.ndarray:
@@ -114,6 +154,9 @@ def _add_volume(run: PredictRun, volume: str, counts: np.ndarray, spacing, sourc
     v["n"] += n
     if v["spacing"] is None:
         v["spacing"] = spacing
+    if run.added is not None:
+        run.added["volumes"].append((volume, [int(x) for x in counts.sum(axis=0)], None if spacing is None else
+                                     [spacing.row, spacing.col, spacing.slice], source, n))
 
 
 def _voxel_mm3(spacing) -> Optional[float]:
@@ -178,6 +221,7 @@ def _do_images(run: PredictRun, predictor: Predictor, jobs: list[Job], root: Pat
 
     spacings = spacing_table(root if root.is_dir() else root.parent)
     pending: list = []
+    pending_jobs: list = []
 
     def flush():
         if not pending:
@@ -186,7 +230,8 @@ def _do_images(run: PredictRun, predictor: Predictor, jobs: list[Job], root: Pat
         with run.timed("infer"):
             labels = predictor.predict_u8(np.stack([b.image for b in pending]), progress=bar.update, confidence=conf)
             counts = _class_pixels(labels, len(run.classes))
-        for b, lab, cnt, cf in zip(pending, labels, counts, conf):
+        for b, lab, cnt, cf, job in zip(pending, labels, counts, conf, pending_jobs):
+            _begin_input(run)
             name = _unique(run, Path(b.source).stem)
             run.confidence.append((b.volume, name, b.slice_index, float(cf)))
             if run.images is not None:
@@ -206,9 +251,17 @@ def _do_images(run: PredictRun, predictor: Predictor, jobs: list[Job], root: Pat
             _add_volume(run, b.volume, cnt[None], sp, str(Path(b.source).parent), 1)
             run.n_bscans += 1
             run.n_images += 1
+            _finish_input(run, job.path)
         pending.clear()
+        pending_jobs.clear()
 
     for job in jobs:
+        entry = run.journal.finished(job.path) if run.journal is not None else None
+        if entry is not None:  # --resume: finished, outputs verified; its figures in job order
+            flush()
+            _replay_input(run, entry)
+            bar.update(1)
+            continue
         try:
             with run.timed("read"):
                 vs = read_bscans(job.path, "folders", run.classes)
@@ -226,6 +279,7 @@ def _do_images(run: PredictRun, predictor: Predictor, jobs: list[Job], root: Pat
         if pending and (pending[0].image.shape != b.image.shape or len(pending) >= predictor.batch):
             flush()
         pending.append(b)
+        pending_jobs.append(job)
     flush()
 
 
@@ -314,16 +368,20 @@ def format_summary(run: PredictRun, predictor: Predictor) -> str:
     return "\n".join(lines)
 
 
-def claim_output(out, src, overwrite: bool = False, shard=None) -> OutputFolder:
+def claim_output(out, src, overwrite: bool = False, shard=None, resume: bool = False) -> OutputFolder:
     """OUT as octseg predict's folder: never the input, never over a user's files, one run at a time
-    (or, with a ``shard``, the shards of one run side by side: :mod:`octseg.inference.shards`)."""
-    return OutputFolder(Path(out), "predict", overwrite=overwrite, protect=[Path(src)],
+    (or, with a ``shard``, the shards of one run side by side: :mod:`octseg.inference.shards`);
+    ``resume`` continues an earlier (killed) predict's output there instead of refusing it."""
+    if resume and overwrite:
+        raise ConfigError("--resume continues an earlier prediction and --overwrite replaces it: give one of them")
+    return OutputFolder(Path(out), "predict", overwrite=overwrite, reuse=resume, protect=[Path(src)],
                         part=None if shard is None else shard.part)
 
 
 def predict_path(predictor: Predictor, input, out, fmt: Optional[str] = None, progress: bool = True,
                  jobs: Optional[list] = None, overwrite: bool = False,
-                 folder: Optional[OutputFolder] = None, keep_images: bool = False, shard=None) -> PredictRun:
+                 folder: Optional[OutputFolder] = None, keep_images: bool = False, shard=None,
+                 resume: bool = False) -> PredictRun:
     """Predict every image/volume under ``input`` into ``out`` (see the module docstring).
 
     ``out`` must be new, empty, or hold only an earlier ``octseg predict``'s output, which is
@@ -334,6 +392,8 @@ def predict_path(predictor: Predictor, input, out, fmt: Optional[str] = None, pr
     ``run.images`` (mask name -> uint8 stack) for an HTML report written right after the run.
     With a ``shard`` (:class:`octseg.inference.shards.Shard`) only that shard's block of the inputs
     is predicted and the tables are written as its part (``octseg merge-csv`` joins the parts).
+    Every run journals its finished inputs (:mod:`octseg.inference.resume`); ``resume`` skips those
+    whose outputs are still intact, so a killed run continues with byte-identical final tables.
     """
     out, src = Path(out), Path(input)
     if fmt not in (None, "png", "mhd", "nii", "dcm"):
@@ -342,16 +402,29 @@ def predict_path(predictor: Predictor, input, out, fmt: Optional[str] = None, pr
     if jobs is None:
         jobs, notes = plan_inputs(src)
     if folder is None:
-        with claim_output(out, src, overwrite, shard) as folder:
+        with claim_output(out, src, overwrite, shard, resume) as folder:
             return predict_path(predictor, src, out, fmt, progress, jobs, folder=folder, keep_images=keep_images,
-                                shard=shard)
-    from tqdm import tqdm
-
+                                shard=shard, resume=resume)
     t0 = time.perf_counter()
     run = PredictRun(out=out, classes=predictor.classes, fmt_images="png" if fmt in (None, "dcm") else fmt, fmt_volumes=fmt or "mhd",
                      folder=folder, images={} if keep_images else None)
     for n in notes:
         print(f"note: {n}", file=sys.stderr)
+    from octseg.inference.resume import Journal, run_settings
+
+    run.journal = Journal(folder.own_record, out, run_settings(predictor, fmt, src), resume)
+    if run.journal.note:
+        print(f"note: {run.journal.note}", file=sys.stderr)
+    try:
+        return _predict_jobs(run, predictor, src, out, jobs, progress, shard, t0)
+    finally:
+        run.journal.close()
+
+
+def _predict_jobs(run: PredictRun, predictor: Predictor, src: Path, out: Path, jobs: list, progress: bool, shard,
+                  t0: float) -> PredictRun:
+    from tqdm import tqdm
+
     single, n_jobs = len(jobs) == 1, len(jobs)
     if shard is not None:
         from octseg.inference.shards import select_jobs
@@ -378,9 +451,17 @@ def predict_path(predictor: Predictor, input, out, fmt: Optional[str] = None, pr
         if images:
             _do_images(run, predictor, images, src, bar)
         for job in (j for j in ok_jobs if j.kind in ("volume", "clinic")):
+            entry = run.journal.finished(job.path) if run.journal is not None else None
+            if entry is not None:  # --resume: finished, outputs verified
+                _replay_input(run, entry)
+                bar.update(job.n)
+                continue
             try:
+                _begin_input(run)
                 _do_volume(run, predictor, job, bar)
+                _finish_input(run, job.path)
             except DataError as exc:
+                run.folder.touched, run.added = None, None
                 if single or out in Path(exc.path).parents:
                     raise  # the only input, or an output problem: nothing more to do
                 run.failures.append((str(job.path), exc.problem))

@@ -60,6 +60,21 @@ def write_error(exc: OSError, path, what: str = "cannot write") -> DataError:
     return DataError(path, f"{what} ({exc.strerror or exc})")
 
 
+def _put(fh, write: Callable[[BinaryIO], object]) -> None:
+    """The one place octseg's output bytes reach a file (atomic writes, record and journal lines):
+    a full or read-only disk shows up here as an OSError (and tests inject such faults here)."""
+    write(fh)
+    fh.flush()
+
+
+def append_text(fh, text: str, path) -> None:
+    """Append ``text`` to an open record file (``files.txt``, a manifest); failures name ``path``."""
+    try:
+        _put(fh, lambda f: f.write(text))
+    except OSError as exc:
+        raise write_error(exc, path) from None
+
+
 def atomic_write(path, write: Callable[[BinaryIO], object], fsync: bool = True) -> Path:
     """Write through ``write(fh)`` into a temporary file beside ``path``, then rename it over ``path``:
     a crash or a full disk never leaves a half-written (or 0-byte) file under the final name, and
@@ -75,8 +90,7 @@ def atomic_write(path, write: Callable[[BinaryIO], object], fsync: bool = True) 
         raise write_error(exc, path) from None
     try:
         with os.fdopen(fd, "wb") as fh:
-            write(fh)
-            fh.flush()
+            _put(fh, write)
             if fsync:
                 os.fsync(fh.fileno())
         os.replace(tmp, path)
@@ -191,6 +205,8 @@ class OutputFolder:
         self._lock_fh = None
         self._files_fh = None
         self._recorded: set[str] = set()
+        #: when a list, :meth:`file` appends every path it hands out (``predict``: one input's outputs)
+        self.touched: Optional[list[str]] = None
 
     # -- paths of the record
     @property
@@ -304,6 +320,7 @@ class OutputFolder:
             if rel_dir == RECORD_DIR:
                 dirnames[:] = []
                 continue
+            dirnames[:] = [d for d in dirnames if not d.startswith(TMP_PREFIX)]  # a killed volume write's folder
             for name in filenames:
                 rel = os.path.normpath(os.path.join(rel_dir, name))
                 if name.startswith(TMP_PREFIX) or rel in ours:
@@ -334,6 +351,11 @@ class OutputFolder:
         foreign = self._foreign(ours)
         if foreign and not self.overwrite:
             raise DataError(self.path, _foreign_message(foreign))
+        if info is not None and self.reuse and info.get("command") != self.command:
+            raise DataError(self.path, f"holds the output of octseg {info.get('command')}, not of {self.command}; "
+                                       f"choose another folder")
+        if info is not None and self.reuse and not dry:
+            self._remove_temporary()  # what a killed run was writing when it stopped
         if info is not None and ours and not self.reuse:
             if not self.overwrite:
                 state = "finished" if info.get("status") == "finished" else f"{info.get('status', 'unfinished')}"
@@ -384,6 +406,22 @@ class OutputFolder:
 
             shutil.rmtree(self.record / "parts", ignore_errors=True)
 
+    def _remove_temporary(self) -> None:
+        """Delete temporary files and folders (``TMP_PREFIX``) a killed run left; never with parts,
+        whose siblings may be writing theirs."""
+        import shutil
+
+        for dirpath, dirnames, filenames in os.walk(self.path):
+            if os.path.relpath(dirpath, self.path) == RECORD_DIR:
+                dirnames[:] = []
+                continue
+            for d in [d for d in dirnames if d.startswith(TMP_PREFIX)]:
+                shutil.rmtree(os.path.join(dirpath, d), ignore_errors=True)
+                dirnames.remove(d)
+            for name in filenames:
+                if name.startswith(TMP_PREFIX):
+                    Path(dirpath, name).unlink(missing_ok=True)
+
     def _remove_earlier(self, ours: set[str], record: Optional[Path] = None) -> None:
         """Delete the earlier run's files (only those it recorded) and the folders they leave empty."""
         for dirpath, _, filenames in os.walk(self.path) if self.part is None else ():  # a killed run's temporary
@@ -433,12 +471,10 @@ class OutputFolder:
         _check_not_input(full, self.protect, "output")
         key = os.path.normpath(str(rel_path))
         if self._files_fh is not None and key not in self._recorded:
-            try:
-                self._files_fh.write(key + "\n")
-                self._files_fh.flush()
-            except OSError as exc:
-                raise write_error(exc, self.own_record / "files.txt") from None
+            append_text(self._files_fh, key + "\n", self.own_record / "files.txt")
             self._recorded.add(key)
+        if self.touched is not None:
+            self.touched.append(key)
         try:
             full.parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:

@@ -78,7 +78,32 @@ def volume_header(path: Path):
     if dim != 3 or comps != 1:
         raise DataError(path, f"expected a 3-D gray volume (columns x rows x B-scans), found a {dim}-D image "
                               f"of size {tuple(reader.GetSize())} with {comps} component(s)")
+    _check_nifti_data(path, reader)
     return reader
+
+
+def _check_nifti_data(path: Path, reader) -> None:
+    """A NIfTI file must hold the voxels its header announces: ITK pads a short file silently (a
+    header changed to 100 x 2000 x 2000 reads as 400 million voxels of nothing)."""
+    name = Path(path).name.lower()
+    if not name.endswith((".nii", ".nii.gz")):
+        return
+    import SimpleITK as sitk
+
+    size = [int(x) for x in reader.GetSize()]
+    probe = sitk.Image([1] * len(size), reader.GetPixelID(), reader.GetNumberOfComponents())
+    need = int(np.prod(size, dtype=np.float64)) * sitk.GetArrayViewFromImage(probe).nbytes
+    header = 348  # the NIfTI-1 header; the voxels start at vox_offset >= 348
+    if name.endswith(".gz"):
+        have = _inflated_size(Path(path), need + header) - header
+    else:
+        try:
+            have = os.path.getsize(path) - header
+        except OSError as exc:
+            raise DataError(path, f"cannot read ({exc.strerror or exc})") from None
+    if have < need:
+        raise DataError(path, f"holds {max(have, 0)} bytes of voxels, its header announces {need} "
+                              f"(size {tuple(size)}): a truncated or damaged NIfTI file")
 
 
 def mhd_info(path: Path) -> tuple[tuple[int, int, int], tuple[float, float, float], list[Path]]:
@@ -113,7 +138,33 @@ def mhd_info(path: Path) -> tuple[tuple[int, int, int], tuple[float, float, floa
         if not compressed and nbytes and have < nbytes:
             raise DataError(path, f"its data file {raw.name} is too short: {have} bytes, "
                                   f"the header needs {nbytes} (DimSize {head['DimSize']}, {head.get('ElementType')})")
+        if compressed and nbytes:  # ITK fills a short stream up silently: count what it inflates to
+            inflated = _inflated_size(raw, nbytes)
+            if inflated < nbytes:
+                raise DataError(path, f"its compressed data file {raw.name} holds {inflated} bytes, the header "
+                                      f"needs {nbytes} (DimSize {head['DimSize']}, {head.get('ElementType')})")
     return size, spacing, data_files
+
+
+def _inflated_size(path: Path, limit: int) -> int:
+    """How many bytes the zlib/gzip stream in ``path`` inflates to (counted up to ``limit``, in
+    bounded memory); a corrupt stream is a DataError naming the file."""
+    import zlib
+
+    d = zlib.decompressobj(32 + zlib.MAX_WBITS)  # zlib or gzip header
+    n = 0
+    try:
+        with open_regular(path) as fh:
+            while n < limit and not d.eof:
+                chunk = d.unconsumed_tail or fh.read(1 << 20)
+                if not chunk:
+                    break
+                n += len(d.decompress(chunk, 1 << 22))
+    except zlib.error as exc:
+        raise DataError(path, f"corrupt compressed data ({exc})") from None
+    except OSError as exc:
+        raise DataError(path, f"cannot read ({exc.strerror or exc})") from None
+    return n
 
 
 # ---------------------------------------------------------------------------------------------
@@ -129,6 +180,7 @@ class Volume:
     def __init__(self, path: Path):
         import SimpleITK as sitk
 
+        _check_nifti_data(path, _information(path, "the volume header"))
         try:
             self.image = sitk.ReadImage(str(path))
         except RuntimeError as exc:
