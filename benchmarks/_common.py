@@ -92,6 +92,7 @@ def paired(diffs) -> dict:
     from scipy import stats
 
     d = np.array([x for x in diffs if x is not None], dtype=float)
+    d = d[np.isfinite(d)]
     n = len(d)
     out = {"n": n, "mean": float(d.mean()) if n else None, "sd": None, "ci95": None, "diffs": d.tolist()}
     if n >= 2:
@@ -109,6 +110,12 @@ def fmt(x, nd=3, sign=False):
 def mean_sd(s):
     """``spread`` as "mean ± sd"."""
     return "n/a" if s["mean"] is None else f"{s['mean']:.3f} ± {fmt(s['sd'])}"
+
+
+def rank_key(s) -> float:
+    """A ``spread``'s mean for choosing the best (on validation): -inf where there is none."""
+    m = s.get("mean")
+    return -np.inf if m is None or not np.isfinite(m) else float(m)
 
 
 def ci_text(p):

@@ -51,8 +51,8 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 from benchmarks._common import (SUPERVISED, all_methods, ci_text, fmt, mean_sd, method_overrides,  # noqa: E402
-                                paired, print_table, quiet_lightning, run_training, save_split, spread,
-                                write_results)
+                                paired, print_table, quiet_lightning, rank_key, run_training, save_split,
+                                spread, write_results)
 from benchmarks.label_efficiency import MODEL  # noqa: E402
 
 RECIPE = "duke"
@@ -275,7 +275,7 @@ def main(argv=None) -> int:
         summary[regime] = {m: {part: {key: spread([r["scores"][part][key] for r in runs_of(regime, m).values()])
                                       for key in ("fluid_dice", "band_fluid_dice")} for part in ("val", "test")}
                            for m in methods}
-        val_of = lambda m: summary[regime][m]["val"]["fluid_dice"]["mean"] or -1.0  # noqa: E731
+        val_of = lambda m: rank_key(summary[regime][m]["val"]["fluid_dice"])  # noqa: E731
         baseline[regime] = max(SUPERVISED, key=val_of)   # chosen on validation, never on test
         best_semi[regime] = max(semi, key=val_of) if semi else None
         base = runs_of(regime, baseline[regime])

@@ -123,3 +123,67 @@ def test_evaluate_clinic_file_with_reference(tmp_path, tiny_checkpoint, one_thre
     write_volume(tmp_path / "scan_reference.nii.gz", labels)
     result = evaluate(tiny_checkpoint, p, device="cpu", progress=False)
     assert "pooled" in result and result["per_bscan_table"]
+
+
+def test_a_failing_clinic_file_is_reported_without_its_patients_name(tmp_path, tiny_checkpoint, one_thread,
+                                                                      capsys, monkeypatch):
+    """Failures name a clinic file by its redacted path (header read) or ``input #k`` (no header)."""
+    import octseg.inference.clinic as C
+    from octseg.errors import DataError
+
+    d = tmp_path / "cohort"
+    d.mkdir()
+    stack = synthetic_stack(2, 48, 40, seed=4)
+    write_heyex_vol(d / "scan.vol", stack)
+    write_dicom_opt(d / "DOE_JANE_OD.dcm", stack)  # its header names Doe^Jane: redacted
+    (d / "Jane_Doe_MRN-98765.vol").write_bytes(b"not a vol file at all" * 10)  # no header to read
+    real = C.predict_clinic
+
+    def failing(run, predictor, job, bar):
+        if job.path.suffix == ".dcm":
+            raise DataError(job.path, "cannot decode the B-scans")
+        return real(run, predictor, job, bar)
+
+    monkeypatch.setattr(C, "predict_clinic", failing)
+    out = tmp_path / "out"
+    assert main(["predict", str(tiny_checkpoint), str(d), str(out), "--device", "cpu"]) == 1  # 1: failures
+    console = capsys.readouterr()
+    assert "FAILED: 2 input(s)" in console.out
+    assert "anon_anon_OD.dcm: cannot decode the B-scans" in console.out
+    assert "input #" in console.out
+    leaks = _leaks(out, console.out + console.err)
+    assert not leaks, leaks
+    assert main(["predict", str(tiny_checkpoint), str(d), str(out), "--device", "cpu", "--resume"]) == 1
+    console = capsys.readouterr()
+    assert "resumed: 1 finished input(s) skipped" in console.out
+    leaks = _leaks(out, console.out + console.err)
+    assert not leaks, leaks
+
+
+def test_a_clinic_file_failing_part_way_leaves_no_figures(tmp_path, tiny_checkpoint, one_thread, capsys,
+                                                           monkeypatch):
+    """A multi-series file whose later series fails: its earlier series' rows, confidences, volumes
+    and counts are taken back (simulated: the file's one series succeeds, then it fails)."""
+    import octseg.inference.clinic as C
+    from octseg.errors import DataError
+
+    d = tmp_path / "cohort"
+    d.mkdir()
+    stack = synthetic_stack(2, 48, 40, seed=4)
+    write_heyex_vol(d / "good.vol", stack)
+    write_heyex_vol(d / "partial.vol", stack)
+    real = C.predict_clinic
+
+    def failing_late(run, predictor, job, bar):
+        real(run, predictor, job, bar)
+        if job.path.stem == "partial":
+            raise DataError(job.path, "series 2 cannot be read")
+
+    monkeypatch.setattr(C, "predict_clinic", failing_late)
+    out = tmp_path / "out"
+    assert main(["predict", str(tiny_checkpoint), str(d), str(out), "--device", "cpu"]) == 1
+    console = capsys.readouterr().out
+    assert "predicted 2 B-scan(s) (1 volume(s)" in console and "series 2 cannot be read" in console
+    for table in ("fluid.csv", "confidence.csv"):
+        text = (out / table).read_text()
+        assert "good" in text and "partial" not in text, table

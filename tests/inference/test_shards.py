@@ -133,3 +133,42 @@ def test_sharded_volumes_equal_one_process_and_folder_rules(tmp_path, tiny_check
     assert rc == 0 and "predicted 0 B-scan(s)" in out
     rc, _, err = _cli(capsys, "predict", tiny_checkpoint, src, tmp_path / "r", "--shard", "0/2", "--report")
     assert rc == 2 and "merge-csv" in err
+
+
+def test_clinic_files_named_alike_after_redaction_share_a_shard(tmp_path):
+    pytest.importorskip("eyepy")
+    from _clinic_files import synthetic_stack, write_heyex_vol
+
+    stack = synthetic_stack(2, 24, 16, seed=5)
+    a = write_heyex_vol(tmp_path / "MRN-111_OD.vol", stack, patient_id="MRN-111")
+    b = write_heyex_vol(tmp_path / "MRN-222_OD.vol", stack, patient_id="MRN-222")
+    jobs = [Job("clinic", a, 2), Job("clinic", b, 2)]  # both are "anon_OD" in one process
+    assert select_jobs(jobs, Shard(0, 2)) + select_jobs(jobs, Shard(1, 2)) == jobs
+    assert {len(select_jobs(jobs, Shard(i, 2))) for i in range(2)} == {0, 2}
+    kept = [Job("clinic", a, 2, keep_identifiers=True), Job("clinic", b, 2, keep_identifiers=True)]
+    assert [len(select_jobs(kept, Shard(i, 2))) for i in range(2)] == [1, 1]  # distinct names: split
+
+
+def test_a_part_never_writes_a_file_a_sibling_part_wrote(tmp_path):
+    from octseg.errors import DataError
+    from octseg.io.outputs import OutputFolder
+
+    out = tmp_path / "out"
+    with OutputFolder(out, "predict", part=("shards-2", "shard-0")) as folder:
+        (folder.file("masks/anon_OD.mhd")).write_text("x")
+    with OutputFolder(out, "predict", part=("shards-2", "shard-1")) as folder:
+        folder.file("masks/other.mhd")
+        with pytest.raises(DataError, match="shard-0"):
+            folder.file("masks/anon_OD.mhd")
+
+
+def test_merge_accepts_shards_that_spelled_the_input_differently(tmp_path, tiny_checkpoint, capsys, monkeypatch):
+    src = tmp_path / "vols"
+    write_synthetic_dataset(src, 2, vendors=["cirrus"], fmt="mhd", slices=2, scale=0.1, seed=2, progress=False)
+    out = tmp_path / "out"
+    monkeypatch.chdir(tmp_path)
+    assert _cli(capsys, "predict", tiny_checkpoint, "vols", out, "--device", "cpu", "--shard", "0/2")[0] == 0
+    assert _cli(capsys, "predict", tiny_checkpoint, src, out, "--device", "cpu", "--shard", "1/2")[0] == 0
+    rc, text, err = _cli(capsys, "merge-csv", out)
+    assert rc == 0, err
+    assert "merged 2 shard(s)" in text

@@ -163,3 +163,22 @@ def test_write_volume_failure_leaves_no_file_under_the_final_names(tmp_path, mon
     write_volume(tmp_path / "m.mhd", labels)  # and the same call works once the disk has room
     assert sorted(os.listdir(tmp_path)) == ["m.mhd", "m.zraw"]
     assert not any(n.startswith(TMP_PREFIX) for n in os.listdir(tmp_path))
+
+
+def test_multi_member_gzip_nifti_reads_whole(tmp_path):
+    """A .nii.gz of two gzip members (as written by concatenating gzip streams) is not truncated."""
+    import gzip
+
+    arr = np.arange(4 * 5 * 6, dtype=np.uint8).reshape(4, 5, 6)
+    plain = tmp_path / "v.nii"
+    sitk.WriteImage(sitk.GetImageFromArray(arr), str(plain), False)
+    data = plain.read_bytes()
+    two = tmp_path / "v.nii.gz"
+    two.write_bytes(gzip.compress(data[:200]) + gzip.compress(data[200:]))
+    assert volume_header(two).GetSize() == (6, 5, 4)
+    assert np.array_equal(sitk.GetArrayFromImage(sitk.ReadImage(str(two))), arr)
+    assert volumes._inflated_size(two, 10 ** 9) == len(data)
+    short = tmp_path / "s.nii.gz"  # a second member cut short is still too short
+    short.write_bytes(gzip.compress(data[:200]) + gzip.compress(data[200:-50]))
+    with pytest.raises(DataError, match="holds"):
+        volume_header(short)

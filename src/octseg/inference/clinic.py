@@ -41,10 +41,8 @@ def predict_clinic(run, predictor, job, bar) -> None:
     """Predict every OCT series of the clinic file ``job.path`` into ``run``'s output folder."""
     from octseg.data.readers import scan_source
     from octseg.inference import run as R
-    from octseg.io.vendor import read as read_clinic
-    from octseg.overlay import montage
-
     from octseg.io.vendor import probe
+    from octseg.io.vendor import read as read_clinic
 
     keep = bool(getattr(job, "keep_identifiers", False))
     with run.timed("read"):
@@ -61,40 +59,17 @@ def predict_clinic(run, predictor, job, bar) -> None:
                 images = np.empty((S, H, W), dtype=np.uint8)
                 for b in vs.load():
                     images[b.slice_index] = b.image
-        S = images.shape[0]
-        name = R._unique(run, vs.volume)
-        conf = np.zeros(S, np.float32)
-        with run.timed("infer"):
-            labels = predictor.predict_u8(images, progress=bar.update, confidence=conf)
-            counts = R._class_pixels(labels, len(run.classes))
-        run.confidence.extend((name, f"{name}_{k:03d}", k, float(conf[k])) for k in range(S))
-        if run.images is not None:
-            run.images[name] = images
         sp = vs.spacing
-        with run.timed("masks"):
-            if run.fmt_volumes == "png":
-                for k in range(S):
-                    R._save_png(run, f"masks/{name}/{name}_{k:03d}.png", labels[k])
-            elif run.fmt_volumes == "dcm":
+
+        def write_masks(name, labels, images=images, scan=scan, sp=sp):
+            if run.fmt_volumes == "dcm":
                 write_seg(run, name, labels, images, scan, keep)
-            else:
+            elif run.fmt_volumes != "png":
                 spacing = (sp.col, sp.row, sp.slice or 1.0) if sp is not None else None
                 R._write_sitk(run, f"masks/{name}{R._EXT[run.fmt_volumes]}", labels, spacing)
             write_enface_png(run.folder.file(f"enface/{name}.png"), labels, run.classes, sp)
-        fluid = counts[:, 1:].sum(axis=1)
-        px_area = sp.row * sp.col if sp else None
-        tiles = [(images[k], labels[k], f"B-scan {k}: " + (f"{fluid[k] * px_area:.3f} mm^2" if px_area else
-                                                             f"{fluid[k]} px")) for k in R._montage_slices(fluid)]
-        vox = R._voxel_mm3(sp)
-        total = f"{fluid.sum() * vox:.3f} mm^3 fluid" if vox else f"{int(fluid.sum())} fluid voxels"
-        with run.timed("overlays"):
-            R._save_png(run, f"overlays/{name}.png", montage(tiles, run.classes, title=f"{name}: {total}"))
-        source = header.source(keep)
-        ids = [f"{name}_{k:03d}" for k in range(S)]
-        R._bscan_rows(run, name, ids, range(S), counts, sp, [f"{source}#{k}" for k in range(S)])
-        R._add_volume(run, name, counts, sp, source, S)
-        run.n_bscans += S
-        run.n_volumes += 1
+
+        R._predict_stack(run, predictor, bar, vs.volume, images, sp, header.source(keep), write_masks)
 
 
 def write_seg(run, name: str, labels: np.ndarray, images: np.ndarray, scan, keep: bool) -> None:

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Optional
 
 from octseg.errors import DataError
-from octseg.io.outputs import append_text, atomic_write_text, write_error
+from octseg.io.outputs import append_text, atomic_write_text, json_default, write_error
 
 MANIFEST = "manifest.jsonl"
 KIND = "octseg predict manifest"
@@ -63,16 +63,6 @@ def run_settings(predictor, fmt, input_path) -> dict:
             "format": fmt, "input": input_key(input_path), "classes": list(predictor.classes)}
 
 
-def _jsonable(o):
-    import numpy as np
-
-    if isinstance(o, (np.integer, np.floating)):
-        return o.item()
-    if isinstance(o, Path):
-        return str(o)
-    raise TypeError(type(o).__name__)
-
-
 class Journal:
     """The manifest of one ``octseg predict`` run (see the module docstring)."""
 
@@ -86,7 +76,7 @@ class Journal:
         if resume:
             self.done = self._read(settings)
         header = {"kind": KIND, "settings": settings}
-        lines = [json.dumps(header, default=_jsonable)] + [json.dumps(e, default=_jsonable) for e in self.done.values()]
+        lines = [json.dumps(header, default=json_default)] + [json.dumps(e, default=json_default) for e in self.done.values()]
         atomic_write_text(self.path, "\n".join(lines) + "\n", fsync=False)  # compacted: one line per input
         try:
             self._fh = open(self.path, "a", encoding="utf-8")
@@ -122,9 +112,10 @@ class Journal:
                 done[doc["input"]] = doc  # the last line of an input wins
         return done
 
-    def finished(self, path) -> Optional[dict]:
+    def finished(self, path, label=None) -> Optional[dict]:
         """The journal entry of ``path`` when its input is unchanged and every output still has its
-        checksum; None (predict it) otherwise."""
+        checksum; None (predict it) otherwise. ``label()`` names the input in :meth:`summary`
+        (a clinic file's path may hold the patient's name: see :func:`octseg.inference.run.input_label`)."""
         entry = self.done.get(input_key(path))
         if entry is None:
             return None
@@ -138,7 +129,7 @@ class Journal:
             if not ok:
                 break
         if not ok:
-            self.redone.append(str(path))
+            self.redone.append(str(path) if label is None else label())
             return None
         self.skipped += 1
         return entry
@@ -147,7 +138,7 @@ class Journal:
         """Journal ``path`` as finished: ``outputs`` (paths relative to OUT) are all in place."""
         entry = {"input": input_key(path), "stat": input_stat(path),
                  "outputs": {rel: sha256_file(self.out / rel) for rel in dict.fromkeys(outputs)}, **figures}
-        append_text(self._fh, json.dumps(entry, default=_jsonable) + "\n", self.path)
+        append_text(self._fh, json.dumps(entry, default=json_default) + "\n", self.path)
 
     def close(self) -> None:
         if self._fh is not None:

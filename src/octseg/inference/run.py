@@ -92,6 +92,40 @@ def _unique(run: PredictRun, name: str) -> str:
     return name
 
 
+def input_label(job, k: int) -> str:
+    """How tables, logs and the console name input ``job`` (``k``: its 1-based position): its path,
+    but for a clinic file without ``keep_identifiers`` (whose name often holds the patient's) the
+    path with the header's identifiers redacted, or ``input #k`` where no header can be read."""
+    if getattr(job, "kind", None) != "clinic" or getattr(job, "keep_identifiers", False):
+        return str(job.path)
+    try:
+        from octseg.io.vendor import probe
+
+        return probe(job.path)[0].source(False)
+    except Exception:  # noqa: BLE001 - an unreadable header: nothing from the file is safe to show
+        return f"input #{k}"
+
+
+def _snapshot(run: PredictRun) -> tuple:
+    """What :func:`_rollback` needs to take back one input's figures (volume and clinic jobs add
+    new, uniquely named volumes: their entries follow the snapshot's in the dicts' order)."""
+    return (len(run.rows), len(run.confidence), len(run.volumes), set(run.names),
+            None if run.images is None else len(run.images), (run.n_bscans, run.n_images, run.n_volumes))
+
+
+def _rollback(run: PredictRun, snap: tuple) -> None:
+    """Take back the figures an input that failed part-way (a clinic file's later series) had added."""
+    rows, conf, vols, names, images, counts = snap
+    del run.rows[rows:], run.confidence[conf:]
+    for key in list(run.volumes)[vols:]:
+        del run.volumes[key]
+    run.names = names
+    if images is not None and run.images is not None:
+        for key in list(run.images)[images:]:
+            del run.images[key]
+    run.n_bscans, run.n_images, run.n_volumes = counts
+
+
 def _begin_input(run: PredictRun) -> None:
     """Start collecting one input's outputs and figures for the journal."""
     if run.journal is None:
@@ -292,8 +326,6 @@ def _montage_slices(fluid: np.ndarray) -> list[int]:
 
 
 def _do_volume(run: PredictRun, predictor: Predictor, job: Job, bar) -> None:
-    from octseg.overlay import montage
-
     if job.kind == "clinic":  # vendor files: octseg.inference.clinic
         from octseg.inference.clinic import predict_clinic
 
@@ -305,7 +337,29 @@ def _do_volume(run: PredictRun, predictor: Predictor, job: Job, bar) -> None:
         images = np.empty((S, H, W), dtype=np.uint8)
         for b in vs.load():
             images[b.slice_index] = b.image
-    name = _unique(run, vs.volume)
+
+    def write_masks(name: str, labels: np.ndarray) -> None:
+        if run.fmt_volumes == "dcm":
+            from octseg.inference.clinic import write_seg_plain
+
+            write_seg_plain(run, name, labels, images, vs.spacing)
+        elif run.fmt_volumes != "png":
+            _write_sitk(run, f"masks/{name}{_EXT[run.fmt_volumes]}", labels, head.GetSpacing(), head.GetOrigin(),
+                        head.GetDirection())
+
+    _predict_stack(run, predictor, bar, vs.volume, images, vs.spacing, str(job.path), write_masks)
+
+
+def _predict_stack(run: PredictRun, predictor: Predictor, bar, volume: str, images: np.ndarray, sp, source: str,
+                   write_masks) -> None:
+    """Predict one volume's uint8 B-scans ``images`` (S, H, W) and add its outputs to ``run``: the
+    masks (PNGs per B-scan here; other formats by ``write_masks(name, labels)``, called within the
+    masks stage for every format), the overlay montage, and its rows in the tables, ``source``
+    naming it there (``source#k`` per B-scan). Shared by ``.mhd`` volumes and clinic series."""
+    from octseg.overlay import montage
+
+    S = images.shape[0]
+    name = _unique(run, volume)
     conf = np.zeros(S, np.float32)
     with run.timed("infer"):
         labels = predictor.predict_u8(images, progress=bar.update, confidence=conf)
@@ -313,18 +367,11 @@ def _do_volume(run: PredictRun, predictor: Predictor, job: Job, bar) -> None:
     run.confidence.extend((name, f"{name}_{k:03d}", k, float(conf[k])) for k in range(S))
     if run.images is not None:
         run.images[name] = images
-    sp = vs.spacing
     with run.timed("masks"):
         if run.fmt_volumes == "png":
             for k in range(S):
                 _save_png(run, f"masks/{name}/{name}_{k:03d}.png", labels[k])
-        elif run.fmt_volumes == "dcm":
-            from octseg.inference.clinic import write_seg_plain
-
-            write_seg_plain(run, name, labels, images, sp)
-        else:
-            _write_sitk(run, f"masks/{name}{_EXT[run.fmt_volumes]}", labels, head.GetSpacing(), head.GetOrigin(),
-                        head.GetDirection())
+        write_masks(name, labels)
     fluid = counts[:, 1:].sum(axis=1)
     px_area = sp.row * sp.col if sp else None
     tiles = [(images[k], labels[k], f"B-scan {k}: " + (f"{fluid[k] * px_area:.3f} mm^2" if px_area else
@@ -334,8 +381,8 @@ def _do_volume(run: PredictRun, predictor: Predictor, job: Job, bar) -> None:
     with run.timed("overlays"):
         _save_png(run, f"overlays/{name}.png", montage(tiles, run.classes, title=f"{name}: {total}"))
     ids = [f"{name}_{k:03d}" for k in range(S)]
-    _bscan_rows(run, name, ids, range(S), counts, sp, [f"{job.path}#{k}" for k in range(S)])
-    _add_volume(run, name, counts, sp, str(job.path), S)
+    _bscan_rows(run, name, ids, range(S), counts, sp, [f"{source}#{k}" for k in range(S)])
+    _add_volume(run, name, counts, sp, source, S)
     run.n_bscans += S
     run.n_volumes += 1
 
@@ -430,6 +477,7 @@ def _predict_jobs(run: PredictRun, predictor: Predictor, src: Path, out: Path, j
         from octseg.inference.shards import select_jobs
 
         jobs = select_jobs(jobs, shard)
+    position = {id(j): k for k, j in enumerate(jobs, 1)}  # 1-based: names an input in messages
     for job in jobs:  # header-level sizes for the progress bar; a bad header is a failure
         if job.kind in ("volume", "clinic"):
             try:
@@ -442,7 +490,7 @@ def _predict_jobs(run: PredictRun, predictor: Predictor, src: Path, out: Path, j
             except DataError as exc:
                 if single:
                     raise
-                run.failures.append((str(job.path), exc.problem))
+                run.failures.append((input_label(job, position[id(job)]), exc.problem))
                 job.n = 0
     ok_jobs = [j for j in jobs if j.n > 0]
     with tqdm(total=sum(j.n for j in ok_jobs), unit="B-scan", desc="predict", dynamic_ncols=True,
@@ -451,20 +499,23 @@ def _predict_jobs(run: PredictRun, predictor: Predictor, src: Path, out: Path, j
         if images:
             _do_images(run, predictor, images, src, bar)
         for job in (j for j in ok_jobs if j.kind in ("volume", "clinic")):
-            entry = run.journal.finished(job.path) if run.journal is not None else None
+            k = position[id(job)]
+            entry = run.journal.finished(job.path, lambda: input_label(job, k)) if run.journal is not None else None
             if entry is not None:  # --resume: finished, outputs verified
                 _replay_input(run, entry)
                 bar.update(job.n)
                 continue
+            snap = _snapshot(run)
             try:
                 _begin_input(run)
                 _do_volume(run, predictor, job, bar)
                 _finish_input(run, job.path)
             except DataError as exc:
                 run.folder.touched, run.added = None, None
+                _rollback(run, snap)  # none of a failed input's figures: its tables as if it were absent
                 if single or out in Path(exc.path).parents:
                     raise  # the only input, or an output problem: nothing more to do
-                run.failures.append((str(job.path), exc.problem))
+                run.failures.append((input_label(job, k), exc.problem))
                 bar.update(job.n)
     if single and run.failures and run.n_bscans == 0:
         raise DataError(run.failures[0][0], run.failures[0][1])

@@ -4,7 +4,8 @@ N processes (one machine or many: torchrun, SLURM array jobs) each predict a par
 into one shared OUT. Shard I of N takes a contiguous block of the input list (the same list one
 process would work through, in the same order), so its masks and overlays are exactly those one
 process writes for these files. Files that one process would name alike (``a.png`` and
-``a.jpg`` -> ``a``, ``a_2``) always land in one shard, so names match too. Each shard writes its
+``a.jpg`` -> ``a``, ``a_2``; clinic files whose redacted volume ids are equal) always land in one
+shard, so names match too; a part never writes a file a sibling part's record lists. Each shard writes its
 own CSV part (``parts/fluid.I-of-N.csv``, ``parts/confidence.I-of-N.csv``) and the exact figures
 behind it (``parts/state.I-of-N.json``), last and atomically: a part exists only for a finished
 shard. ``octseg merge-csv OUT`` checks that every part is there and writes ``fluid.csv`` and
@@ -25,6 +26,7 @@ from pathlib import Path
 from typing import Mapping, Optional
 
 from octseg.errors import ConfigError, DataError
+from octseg.io.outputs import json_default
 
 STATE_KIND = "octseg predict shard"
 
@@ -113,22 +115,36 @@ def resolve_shard(option: Optional[str], env: Mapping[str, str] = os.environ) ->
     return parse_shard(option)
 
 
-def job_key(job) -> str:
+def job_key(job):
     """The name one process gives a job's outputs (before de-duplication): the volume folder for a
-    RETOUCH ``oct.mhd``, the file stem otherwise."""
+    RETOUCH ``oct.mhd``, the volume id of each OCT series for a clinic file (identifiers redacted
+    unless ``keep_identifiers``: ``DOE_JOHN_OD.vol`` and ``ROE_JANE_OD.vol`` are both ``anon_anon_OD``;
+    a tuple for several series), the file stem otherwise."""
     p = Path(job.path)
+    if getattr(job, "kind", None) == "clinic":
+        from octseg.io.vendor import probe
+
+        keep = bool(getattr(job, "keep_identifiers", False))
+        try:
+            ids = tuple(dict.fromkeys(h.volume_id(keep) for h in probe(p)))
+        except Exception:  # noqa: BLE001 - an unreadable header fails later, in its shard
+            ids = ()
+        if ids:
+            return ids[0] if len(ids) == 1 else ids
     return p.parent.name if p.name.lower() == "oct.mhd" else p.stem
 
 
-def shard_bounds(keys: list[str], count: int) -> list[int]:
+def shard_bounds(keys: list, count: int) -> list[int]:
     """Cut positions 0 = c0 <= c1 <= ... <= cN = len(keys): contiguous blocks of nearly equal size
-    that never separate two equal keys (so de-duplicated names match one process's)."""
+    that never separate two equal keys (so de-duplicated names match one process's). A key may be
+    a tuple of names (a clinic file's series): it shares a block with every key holding one of them."""
     n = len(keys)
     first: dict[str, int] = {}
     last: dict[str, int] = {}
-    for i, k in enumerate(keys):
-        first.setdefault(k, i)
-        last[k] = i
+    for i, key in enumerate(keys):
+        for k in key if isinstance(key, tuple) else (key,):
+            first.setdefault(k, i)
+            last[k] = i
     blocked = [0] * (n + 2)  # cut c (between c-1 and c) is invalid where a key spans it
     for k, f in first.items():
         if last[k] > f:
@@ -164,16 +180,6 @@ def part_names(shard: Shard) -> dict[str, str]:
             (("fluid", "csv"), ("confidence", "csv"), ("state", "json"))}
 
 
-def _jsonable(o):
-    import numpy as np
-
-    if isinstance(o, (np.integer, np.floating)):
-        return o.item()
-    if isinstance(o, Path):
-        return str(o)
-    raise TypeError(type(o).__name__)
-
-
 def write_part(run, shard: Shard, input_path, n_jobs: int) -> dict[str, Path]:
     """The shard's CSV part and its state (what :func:`merge_parts` joins), the state last."""
     from octseg import __version__
@@ -185,7 +191,7 @@ def write_part(run, shard: Shard, input_path, n_jobs: int) -> dict[str, Path]:
                "fluid": _write_csv(run, names["fluid"])}
     state = {
         "written_by": f"octseg {__version__}", "kind": STATE_KIND, "shard": [shard.index, shard.count],
-        "input": str(input_path), "jobs_total": n_jobs, "classes": list(run.classes),
+        "input": os.path.abspath(str(input_path)), "jobs_total": n_jobs, "classes": list(run.classes),
         "fmt_images": run.fmt_images, "fmt_volumes": run.fmt_volumes,
         "counts": {"bscans": run.n_bscans, "images": run.n_images, "volumes": run.n_volumes},
         "names": sorted(run.names), "failures": [list(f) for f in run.failures],
@@ -196,7 +202,7 @@ def write_part(run, shard: Shard, input_path, n_jobs: int) -> dict[str, Path]:
                     for vol, v in run.volumes.items()],
     }
     written["state"] = atomic_write_text(run.folder.file(names["state"]),
-                                         json.dumps(state, default=_jsonable) + "\n")
+                                         json.dumps(state, default=json_default) + "\n")
     return written
 
 
@@ -293,4 +299,3 @@ def merge_parts(out) -> MergeResult:
             run.n_volumes += d["counts"]["volumes"]
         written = [_write_confidence_csv(run), _write_csv(run)]
     return MergeResult(out, n, run.n_bscans, len(run.volumes), run.failures, written)
-

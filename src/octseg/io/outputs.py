@@ -470,6 +470,11 @@ class OutputFolder:
         full = self.path / rel_path
         _check_not_input(full, self.protect, "output")
         key = os.path.normpath(str(rel_path))
+        if self.part is not None and key not in self._recorded:
+            other = self._sibling_with(key)  # never write over a sibling part's file
+            if other is not None:
+                raise DataError(full, f"was written by part {other[1]} of {other[0]}; two parts must not "
+                                      f"write the same output (predict these inputs with one process)")
         if self._files_fh is not None and key not in self._recorded:
             append_text(self._files_fh, key + "\n", self.own_record / "files.txt")
             self._recorded.add(key)
@@ -480,6 +485,30 @@ class OutputFolder:
         except OSError as exc:
             raise write_error(exc, full.parent, "cannot create the folder") from None
         return full
+
+    def _sibling_with(self, key: str) -> Optional[tuple[str, str]]:
+        """The other part whose record lists ``key``, or None. Their ``files.txt`` only grow: each is
+        read on from where the last call stopped (bounded work over a run, however many files)."""
+        seen = self.__dict__.setdefault("_sibling_files", {})  # record -> [bytes read, set of keys, partial line]
+        for other, rec in self._part_records().items():
+            if other == tuple(self.part):
+                continue
+            state = seen.setdefault(rec, [0, set(), b""])
+            try:
+                with open(rec / "files.txt", "rb") as fh:
+                    if os.fstat(fh.fileno()).st_size < state[0]:  # started over (a rerun of that part)
+                        state[:] = [0, set(), b""]
+                    fh.seek(state[0])
+                    data = fh.read()
+            except OSError:  # none (yet, or removed by a rerun of that part)
+                state[:], data = [0, set(), b""], b""
+            if data:
+                state[0] += len(data)
+                *lines, state[2] = (state[2] + data).split(b"\n")
+                state[1].update(ln.decode("utf-8", "replace").strip() for ln in lines)
+            if key in state[1]:
+                return other
+        return None
 
     def __exit__(self, exc_type, exc, tb) -> None:
         if self._files_fh is not None:
@@ -512,3 +541,14 @@ def _version() -> str:
 
     return __version__
 
+
+
+def json_default(o):
+    """``json.dumps(..., default=json_default)``: NumPy scalars as numbers, paths as strings."""
+    import numpy as np
+
+    if isinstance(o, (np.integer, np.floating)):
+        return o.item()
+    if isinstance(o, Path):
+        return str(o)
+    raise TypeError(type(o).__name__)

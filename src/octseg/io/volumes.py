@@ -148,17 +148,28 @@ def mhd_info(path: Path) -> tuple[tuple[int, int, int], tuple[float, float, floa
 
 def _inflated_size(path: Path, limit: int) -> int:
     """How many bytes the zlib/gzip stream in ``path`` inflates to (counted up to ``limit``, in
-    bounded memory); a corrupt stream is a DataError naming the file."""
+    bounded memory), over every member of a multi-member gzip file (as zlib's gzread, which ITK
+    uses, reads them; bytes after a member that start no new one are ignored, as there); a corrupt
+    stream is a DataError naming the file."""
     import zlib
 
     d = zlib.decompressobj(32 + zlib.MAX_WBITS)  # zlib or gzip header
     n = 0
     try:
         with open_regular(path) as fh:
-            while n < limit and not d.eof:
-                chunk = d.unconsumed_tail or fh.read(1 << 20)
-                if not chunk:
-                    break
+            while n < limit:
+                if d.eof:  # the end of one member: another may follow
+                    rest = d.unused_data
+                    if len(rest) < 2:
+                        rest += fh.read(1 << 20)
+                    if rest[:2] != b"\x1f\x8b":
+                        break
+                    d = zlib.decompressobj(32 + zlib.MAX_WBITS)
+                    chunk = rest
+                else:
+                    chunk = d.unconsumed_tail or fh.read(1 << 20)
+                    if not chunk:
+                        break
                 n += len(d.decompress(chunk, 1 << 22))
     except zlib.error as exc:
         raise DataError(path, f"corrupt compressed data ({exc})") from None

@@ -155,11 +155,26 @@ class SegmentationModule(L.LightningModule):
         return checkpoint_meta(dataclasses.asdict(self.cfg.model), self.classes, self.input_size, self.norm,
                                self.cfg.method.name, list(nets), self.method.default_weights, config_to_dict(self.cfg))
 
+    def _world_size(self) -> int:
+        trainer = getattr(self, "_trainer", None)
+        return int(trainer.world_size) if trainer is not None else 1
+
     def on_save_checkpoint(self, checkpoint):
+        """(Called on every rank; rank 0 writes the file.) The epoch's loss sums are stored summed over
+        all ranks, so a resumed run counts every rank's share once (see :meth:`on_load_checkpoint`)."""
         checkpoint["octseg"] = self.checkpoint_meta()
         checkpoint.pop("hyper_parameters", None)
+        keys = sorted(self._epoch_sums)
+        sums = {k: self._epoch_sums[k].detach() for k in keys}
+        n = self._epoch_n
+        if self._world_size() > 1 and keys:  # every rank has the same keys (each took the same steps)
+            total = torch.stack([sums[k] for k in keys] + [torch.tensor(float(n), dtype=torch.float64,
+                                                                        device=self.device)])
+            total = self.trainer.strategy.reduce(total, reduce_op="sum")
+            sums = {k: total[i] for i, k in enumerate(keys)}
+            n = int(round(float(total[-1])))
         checkpoint["octseg_train_state"] = {
-            "epoch_sums": {k: v.detach().cpu() for k, v in self._epoch_sums.items()}, "epoch_n": self._epoch_n,
+            "epoch_sums": {k: v.detach().cpu() for k, v in sums.items()}, "epoch_n": n,
             "rng": _rng_states(),
         }
 
@@ -169,6 +184,9 @@ class SegmentationModule(L.LightningModule):
             return
         self._epoch_sums = {k: v.to(self.device) for k, v in state["epoch_sums"].items()}
         self._epoch_n = int(state["epoch_n"])
+        if self.global_rank != 0:  # the totals over all ranks are rank 0's to carry: the epoch-end sum adds
+            self._epoch_sums = {k: torch.zeros_like(v) for k, v in self._epoch_sums.items()}  # them once
+            self._epoch_n = 0
         _set_rng_states(state["rng"])
 
 

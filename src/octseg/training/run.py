@@ -21,7 +21,7 @@ from torch.utils.data import DataLoader
 from octseg.checkpoint import atomic_torch_save, safe_load
 from octseg.config import Config, config_to_dict, save_config
 from octseg.errors import ConfigError, DataError
-from octseg.io.outputs import atomic_write_text
+from octseg.io.outputs import atomic_write_text, json_default
 from octseg.inference.predictor import resolve_device
 from octseg.models import build_model
 from octseg.training.curves import plot_learning_curves
@@ -271,14 +271,6 @@ def _train(cfg: Config, run_dir: Path, resume: bool, extra_callbacks) -> TrainRe
                "global_step": trainer.global_step}
     if trainer.is_global_zero:
         metrics["val"] = evaluate_networks(best, data, "val", device=resolve_device("auto"))
-        atomic_write_text(run_dir / "metrics.json", json.dumps(metrics, indent=2, default=_json_default))
+        atomic_write_text(run_dir / "metrics.json", json.dumps(metrics, indent=2, default=json_default))
         plot_learning_curves(run_dir)
     return TrainResult(run_dir, best, last, metrics)
-
-
-def _json_default(o):
-    if isinstance(o, (np.floating, np.integer)):
-        return o.item()
-    if isinstance(o, Path):
-        return str(o)
-    raise TypeError(type(o).__name__)
