@@ -33,7 +33,7 @@ best supervised baseline, its mean and 95 % t-interval over rotations.
 Targets (printed with the measured figures): best semi-supervised (chosen on validation) >= best
 supervised + 0.05 fluid Dice at 1 labelled subject, + 0.03 at 2; Mean Teacher above supervised.
 
-    python benchmarks/duke.py                         # 5 rotations x (2 regimes x 7 methods + 1)
+    python benchmarks/duke.py                         # 5 rotations x (2 regimes x 8 methods + 1): ~10 h on 2 cores
     python benchmarks/duke.py --rotations 1 2 --methods fixmatch
     python benchmarks/duke.py --quick                 # smoke run (figures mean nothing)
 """
