@@ -89,7 +89,7 @@ def main(argv=None) -> int:
         print("(--quick: a smoke run; these figures mean nothing)")
     figures["met"] = all(j["peak_rss_gb"] <= TARGET_GB for j in figures["jobs"].values())
     print(f"wrote {write_results(out, 'memory', figures)}")
-    return 0
+    return 0 if figures["met"] or a.quick else 1   # the target is asserted here, not in a timed test
 
 
 if __name__ == "__main__":
