@@ -118,6 +118,18 @@ def rank_key(s) -> float:
     return -np.inf if m is None or not np.isfinite(m) else float(m)
 
 
+def mean_teacher_target(summary: dict, regimes) -> dict:
+    """The target "Mean Teacher above the best supervised baseline in every regime": prints it and
+    returns its figures (``summary[regime]["mean_teacher"]["vs_best_supervised"]`` from ``paired``)."""
+    g = {r: summary[r]["mean_teacher"]["vs_best_supervised"] for r in regimes}
+    met = all(x["mean"] is not None and x["mean"] > 0 for x in g.values())
+    print("Target: Mean Teacher above the best supervised baseline in every regime -> "
+          f"{'met' if met else 'NOT met'} (" + ", ".join(f"{r} {fmt(x['mean'], sign=True)} {ci_text(x)}"
+                                                        for r, x in g.items()) + ")")
+    return {"gains": {r: x["mean"] for r, x in g.items()}, "ci95": {r: x["ci95"] for r, x in g.items()},
+            "met": bool(met)}
+
+
 def ci_text(p):
     """``paired``'s 95 % interval as text."""
     return "n/a (n = 1)" if p["ci95"] is None else f"[{p['ci95'][0]:+.3f}, {p['ci95'][1]:+.3f}]"

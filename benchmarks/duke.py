@@ -50,9 +50,9 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-from benchmarks._common import (SUPERVISED, all_methods, ci_text, fmt, mean_sd, method_overrides,  # noqa: E402
-                                paired, print_table, quiet_lightning, rank_key, run_training, save_split,
-                                spread, write_results)
+from benchmarks._common import (SUPERVISED, all_methods, ci_text, fmt, mean_sd, mean_teacher_target,  # noqa: E402
+                                method_overrides, paired, print_table, quiet_lightning, rank_key, run_training,
+                                save_split, spread, write_results)
 from benchmarks.label_efficiency import MODEL  # noqa: E402
 
 RECIPE = "duke"
@@ -321,11 +321,7 @@ def main(argv=None) -> int:
               f"{TARGET_GAIN[regime]} at {regime} -> {'met' if met else 'NOT met'} (gain {fmt(p['mean'], sign=True)}, "
               f"CI {ci_text(p)})")
     if "mean_teacher" in methods:
-        g = {r: summary[r]["mean_teacher"]["vs_best_supervised"] for r in regimes}
-        met = all(x["mean"] is not None and x["mean"] > 0 for x in g.values())
-        targets["mean_teacher_above_supervised"] = {"gains": {r: x["mean"] for r, x in g.items()}, "met": bool(met)}
-        print("Target: Mean Teacher above the best supervised baseline -> " + ("met" if met else "NOT met") + " ("
-              + ", ".join(f"{r} {fmt(x['mean'], sign=True)} {ci_text(x)}" for r, x in g.items()) + ")")
+        targets["mean_teacher_above_supervised"] = mean_teacher_target(summary, regimes)
     if q:
         print("(--quick: a smoke run; these figures mean nothing)")
 
