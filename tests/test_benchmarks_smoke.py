@@ -70,3 +70,11 @@ def test_gpu_refuses_without_cuda(tmp_path):
     proc = _run("gpu.py", "--out", str(tmp_path / "g.json"), timeout=120)
     assert proc.returncode == 2 and "no CUDA GPU" in proc.stderr and "--quick" in proc.stderr
     assert not (tmp_path / "g.json").exists()
+
+
+def test_clinic_read_quick_reads_back_what_it_wrote(tmp_path):
+    out = tmp_path / "clinic_read_quick.json"
+    proc = _run("clinic_read.py", "--quick", "--repeats", "1", "--out", str(out), timeout=120)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    f = json.loads(out.read_text())["figures"]
+    assert f["quick"] is True and f["bscans"] == 3 and f["warm_best_seconds"] > 0

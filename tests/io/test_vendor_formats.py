@@ -6,7 +6,6 @@ be written here) through monkeypatched eyepy objects; bad files give one-line er
 from __future__ import annotations
 
 import sys
-import time
 
 import numpy as np
 import pytest
@@ -55,17 +54,13 @@ def test_heyex_vol_no_data_pixels_read_as_zero(tmp_path, stack):
     assert np.array_equal(scan.bscans, expected)
 
 
-def test_heyex_vol_49_bscans_read_within_a_second(tmp_path):
+def test_heyex_vol_49_bscans_full_size_round_trip(tmp_path):
+    """A full Spectralis cube reads pixel-exact (its speed is benchmarks/clinic_read.py's, not a test's)."""
     pytest.importorskip("eyepy")
     a = synthetic_stack(49, 496, 512, seed=2)
     p = write_heyex_vol(tmp_path / "spectralis.vol", a)
-    best = float("inf")
-    for _ in range(2):  # the best of two: a busy CI runner may stall one
-        t = time.perf_counter()
-        (scan,) = vendor.read(p)
-        best = min(best, time.perf_counter() - t)
+    (scan,) = vendor.read(p)
     assert np.array_equal(scan.bscans, a)
-    assert best <= 1.0, f"reading a 49-B-scan .vol took {best:.2f} s"
 
 
 def test_heyex_xml_round_trip_file_and_folder(tmp_path, stack):
