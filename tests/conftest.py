@@ -25,7 +25,7 @@ TINY_MODEL = {"arch": "Unet", "encoder": "tu-resnet10t", "encoder_weights": "non
 
 
 def make_tiny_checkpoint(path, classes=("background", "IRF", "SRF", "PED"), input_size=(64, 64),
-                         method="mean_teacher", seed=0) -> Path:
+                         method="mean_teacher", seed=0, normalization=None) -> Path:
     """A small random-weight octseg checkpoint (teacher + student), without training."""
     import torch
 
@@ -39,7 +39,8 @@ def make_tiny_checkpoint(path, classes=("background", "IRF", "SRF", "PED"), inpu
     default = "teacher" if method == "mean_teacher" else "student"
     if method != "mean_teacher":
         nets = {"student": nets["teacher"]}
-    meta = checkpoint_meta(TINY_MODEL, classes, input_size, {"mean": 0.2, "std": 0.15}, method, list(nets), default)
+    norm = normalization or {"mean": 0.2, "std": 0.15}
+    meta = checkpoint_meta(TINY_MODEL, classes, input_size, norm, method, list(nets), default)
     return save_inference_checkpoint(path, nets, meta)
 
 

@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from octseg import __version__
+from octseg.data.context import MAX_CONTEXT_SLICES
 from octseg.errors import CheckpointError
 from octseg.io.outputs import atomic_write
 
@@ -68,7 +69,7 @@ def read_meta(ckpt: dict, path="checkpoint") -> dict:
     problems = _meta_problems(meta) or _state_problems(ckpt, meta)
     if problems:
         raise CheckpointError(f"{path}: damaged or hand-edited checkpoint: " + "; ".join(problems))
-    return meta
+    return {**meta, "context_slices": context_slices(meta)}  # (checkpoints from before 2.5D input: 0)
 
 
 #: Largest input side a checkpoint may ask for (a typo such as 25600 would exhaust memory).
@@ -100,6 +101,9 @@ def _model_ok(m) -> bool:
     if not isinstance(m, dict) or not set(m) <= {f.name for f in dataclasses.fields(ModelConfig)}:
         return False
     dc = m.get("decoder_channels")
+    k = m.get("context_slices", 0)
+    if not (_is_int(k) and 0 <= k <= MAX_CONTEXT_SLICES):
+        return False
     return (all(isinstance(m.get(k), str) and m.get(k) for k in ("arch", "encoder"))
             and (_is_int(m.get("encoder_depth", 5)) and 1 <= m.get("encoder_depth", 5) <= 5)
             and (dc is None or (isinstance(dc, list) and dc and all(_is_int(c) and c >= 1 for c in dc))))
@@ -128,6 +132,11 @@ def _meta_problems(meta: dict) -> list[str]:
             problems.append(f"'{key}' is missing (must be {allowed})")
         elif not ok(value):
             problems.append(f"'{key}'={value!r}: must be {allowed}")
+    k = meta.get("context_slices", 0)
+    if not (_is_int(k) and 0 <= k <= MAX_CONTEXT_SLICES):
+        problems.append(f"'context_slices'={k!r}: must be an integer in [0, {MAX_CONTEXT_SLICES}]")
+    elif not problems and k != meta["model"].get("context_slices", 0):
+        problems.append(f"'context_slices'={k!r} differs from the model's {meta['model'].get('context_slices', 0)!r}")
     if not problems and meta["default_weights"] not in meta["networks"]:
         problems.append(f"'default_weights'={meta['default_weights']!r}: must be one of 'networks' {meta['networks']}")
     return problems
@@ -192,6 +201,15 @@ def load_networks(path, device="cpu") -> tuple[dict[str, nn.Module], dict]:
     return {name: _build_network(ckpt, meta, name, path, device) for name in meta["networks"]}, meta
 
 
+def context_slices(meta: dict) -> int:
+    """The 2.5D neighbours on each side a model reads (``2k+1`` input channels): the meta's
+    ``context_slices``, else its model's; 0 (2-D input) for checkpoints from before 2.5D input."""
+    if "context_slices" in meta:
+        return int(meta["context_slices"] or 0)
+    model = meta.get("model")
+    return int(model.get("context_slices", 0) or 0) if isinstance(model, dict) else 0
+
+
 def checkpoint_meta(model_cfg: dict, classes, input_size, norm: dict, method: str, networks, default_weights: str,
                     config: Optional[dict] = None) -> dict:
     """The ``"octseg"`` entry of a checkpoint: everything needed to rebuild and run the model."""
@@ -200,6 +218,7 @@ def checkpoint_meta(model_cfg: dict, classes, input_size, norm: dict, method: st
         "format_version": CHECKPOINT_FORMAT,
         "octseg_version": __version__,
         "model": model_cfg,
+        "context_slices": int(model_cfg.get("context_slices", 0) or 0),
         "classes": list(classes),
         "input_size": [int(s) for s in input_size],
         "normalization": {"mean": float(norm["mean"]), "std": float(norm["std"])},

@@ -28,6 +28,11 @@ OVERWRITE_HELP = ("write into OUT although it holds files octseg did not write (
                   "replaced, others kept), or replace an earlier octseg run's output there")
 
 
+ENSEMBLE_HELP = ("an octseg checkpoint (.ckpt; for predict --backend onnx also an exported .onnx); several "
+                 "checkpoints and/or a CV folder (octseg cv) run as one ensemble that averages their class "
+                 "probabilities")
+
+
 KEEP_IDENTIFIERS_HELP = ("let patient names, ids and birth dates from clinic file headers into volume ids, file "
                          "names, tables and DICOM SEG files (by default they are removed)")
 
@@ -88,6 +93,30 @@ def cmd_train(a) -> int:
     return 0
 
 
+def cmd_cv(a) -> int:
+    from octseg.config import load_config
+    from octseg.training.cv import run_cv
+
+    cfg = load_config(a.config, a.overrides)
+    out = a.out if a.out is not None else Path("runs") / f"{cfg.name}-cv{a.folds}"
+    result = run_cv(cfg, out, folds=a.folds, recipe=str(a.config), resume=a.resume, select=a.select,
+                    tta=a.tta == "flip", device=a.device, overwrite=a.overwrite)
+    print(result.summary_text())
+    return 0
+
+
+def cmd_pretrain(a) -> int:
+    from octseg.training.pretrain import PretrainConfig, pretrain
+
+    cfg = PretrainConfig(out=a.out, objective=a.objective, data=list(a.data), synthetic_volumes=a.synthetic_volumes,
+                         synthetic_slices=a.synthetic_slices, encoder=a.encoder, arch=a.arch,
+                         encoder_depth=a.encoder_depth, decoder_channels=a.decoder_channels, size=tuple(a.size),
+                         steps=a.steps, batch=a.batch, lr=a.lr, seed=a.seed, mask_ratio=a.mask_ratio, patch=a.patch,
+                         noise=a.noise, checkpoint_every=a.checkpoint_every, device=a.device, overwrite=a.overwrite)
+    print(pretrain(cfg, resume=a.resume).summary())
+    return 0
+
+
 def cmd_demo(a) -> int:
     from octseg.demo import run_demo
 
@@ -100,14 +129,14 @@ def cmd_evaluate(a) -> int:
     from octseg.evaluate import evaluate, format_evaluation, write_json
     from octseg.io.outputs import check_output_file
 
-    protect = [a.checkpoint, a.data]
+    protect = [*a.checkpoint, a.data]
     if a.json is not None:  # before the work, not after it
         check_output_file(a.json, a.overwrite, protect)
     if a.batch < 1:
         raise ConfigError(f"--batch must be >= 1, got {a.batch}")
     result = evaluate(a.checkpoint, a.data, split=a.split, part=a.part, tta=a.tta, weights=a.weights,
                       at_model_size=a.at_model_size, batch=a.batch, device=a.device, progress=True,
-                      **_reader_kwargs(a))
+                      min_sizes=a.min_size or None, **_reader_kwargs(a))
     print(format_evaluation(result))
     if a.json is not None:
         print(f"\nreport written to {write_json(result, a.json, a.overwrite, protect)}")
@@ -133,10 +162,11 @@ def cmd_predict(a) -> int:
 
         raise ConfigError("--report with --shard: merge the shards (octseg merge-csv OUT), then run octseg report OUT")
     jobs, notes = plan_inputs(a.input, keep_identifiers=a.keep_identifiers)  # a bad INPUT fails before the model loads
-    with claim_output(a.out, a.input, a.overwrite, shard, a.resume) as folder:
+    with claim_output(a.out, a.input, a.overwrite, shard, a.resume, models=a.checkpoint) as folder:
         predictor = Predictor.from_checkpoint(a.checkpoint, device=a.device, weights=a.weights,
                                               tta=a.tta == "flip", backend=a.backend, batch=a.batch)
-        predictor.min_sizes = parse_min_sizes(a.min_size, predictor.classes)
+        if a.min_size:  # else none, or a CV folder's recorded min_sizes
+            predictor.min_sizes = parse_min_sizes(a.min_size, predictor.classes)
         for n in notes:
             print(f"note: {n}", file=sys.stderr)
         load_s = time.perf_counter() - t0
@@ -265,6 +295,54 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
     p.set_defaults(func=cmd_train)
 
+    p = sub.add_parser("cv", help="K-fold cross-validation of a recipe by volume: one run folder per fold, "
+                                  "out-of-fold scores, post-processing chosen on them, a fold ensemble")
+    p.add_argument("config", type=Path, help="YAML recipe, as octseg train takes it")
+    p.add_argument("overrides", nargs="*", help="key=value overrides, as octseg train takes them")
+    p.add_argument("--folds", type=int, default=5, help="number of folds K (default 5)")
+    p.add_argument("--out", type=Path, default=None, help="CV folder (default: runs/<recipe name>-cvK)")
+    p.add_argument("--select", choices=["best", "last"], default="best",
+                   help="best: best.ckpt selected on fold k+1 (the other K-2 folds train; default); last: train "
+                        "on all K-1 other folds and keep the final weights")
+    p.add_argument("--tta", choices=["none", "flip"], default="none", help="test-time augmentation when scoring")
+    p.add_argument("--device", default="auto", help="device for scoring the held-out volumes")
+    p.add_argument("--resume", action="store_true",
+                   help="reuse finished folds, continue an interrupted fold from its last.ckpt, re-summarise")
+    p.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
+    p.set_defaults(func=cmd_cv)
+
+    p = sub.add_parser("pretrain", help="pretrain an encoder without internet (on synthetic OCT or unlabelled "
+                                        "B-scans) for model.encoder_weights=PATH")
+    p.add_argument("--out", type=Path, required=True, help="the encoder file to write, e.g. encoder.pth")
+    p.add_argument("--objective", choices=["synthetic", "mim", "denoise"], required=True,
+                   help="synthetic: supervised 4-class segmentation of octseg synth volumes; mim: reconstruct "
+                        "masked patches; denoise: reconstruct speckle-noised B-scans")
+    p.add_argument("--data", type=Path, action="append", default=[], metavar="PATH",
+                   help="unlabelled B-scans for mim/denoise in any layout octseg reads (repeatable)")
+    p.add_argument("--synthetic-volumes", type=int, default=0, metavar="N",
+                   help="octseg synth volumes (generated once into the cache): the data of --objective synthetic, "
+                        "extra images for mim/denoise")
+    p.add_argument("--synthetic-slices", type=int, default=12, help="B-scans per synthetic volume (default 12)")
+    p.add_argument("--encoder", default="resnet18", help="segmentation-models-pytorch encoder (default resnet18)")
+    p.add_argument("--arch", default="Unet", help="architecture around the encoder while pretraining (default Unet)")
+    p.add_argument("--encoder-depth", type=int, default=5)
+    p.add_argument("--decoder-channels", type=int, nargs="+", default=None, metavar="C")
+    p.add_argument("--size", type=int, nargs=2, default=[256, 384], metavar=("H", "W"),
+                   help="B-scans are resized to H x W (default 256 384)")
+    p.add_argument("--steps", type=int, required=True)
+    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--mask-ratio", type=float, default=0.6, help="mim: fraction of patches masked (default 0.6)")
+    p.add_argument("--patch", type=int, default=0, help="mim: patch side in pixels (default: shorter side / 16)")
+    p.add_argument("--noise", type=float, default=0.5, help="denoise: speckle strength (default 0.5)")
+    p.add_argument("--checkpoint-every", type=int, default=100, metavar="STEPS",
+                   help="write the resumable checkpoint OUT.pretrain.ckpt every STEPS steps (and at the end)")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    p.add_argument("--resume", action="store_true", help="continue from OUT.pretrain.ckpt (e.g. with more --steps)")
+    p.add_argument("--overwrite", action="store_true", help="start again, replacing OUT and its checkpoint")
+    p.set_defaults(func=cmd_pretrain)
+
     p = sub.add_parser("demo", help="synthesise data, train supervised and Mean Teacher on CPU, compare")
     p.add_argument("--out", type=Path, default=Path("runs/demo"))
     p.add_argument("--minutes", type=float, default=None, help="training time budget per method")
@@ -272,7 +350,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("evaluate", help="score a checkpoint on a dataset with honest per-class metrics")
-    p.add_argument("checkpoint", type=Path)
+    p.add_argument("checkpoint", type=Path, nargs="+", metavar="CHECKPOINT", help=ENSEMBLE_HELP)
     p.add_argument("data", type=Path, help="prepared dataset or raw data folder")
     p.add_argument("--split", default=None, help="split name of a prepared dataset")
     p.add_argument("--part", default="test", help="part of the split to score (default: test)")
@@ -284,12 +362,16 @@ def build_parser() -> argparse.ArgumentParser:
                    help="score at the model's input size instead of each scan's native size")
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--device", default="auto")
+    p.add_argument("--min-size", action="append", default=[], metavar="CLASS=PIXELS",
+                   help="remove connected components smaller than PIXELS (of the scored B-scan) of CLASS before "
+                        "scoring (default: none, or a CV folder's recorded min_sizes, scaled from its at_size); "
+                        "repeatable")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --json file that octseg did not write")
     _add_reader_options(p)
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("predict", help="segment scans: masks, overlays and fluid volumes")
-    p.add_argument("checkpoint", type=Path)
+    p.add_argument("checkpoint", type=Path, nargs="+", metavar="CHECKPOINT", help=ENSEMBLE_HELP)
     p.add_argument("input", type=Path, help="an image, a folder of images, an oct.mhd volume or a folder of volumes")
     p.add_argument("out", type=Path)
     p.add_argument("--tta", choices=["none", "flip"], default="none")
@@ -303,7 +385,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--weights", choices=["teacher", "student"], default=None,
                    help="which network of a Mean Teacher checkpoint (default: the checkpoint's, the teacher)")
     p.add_argument("--min-size", action="append", default=[], metavar="CLASS=PIXELS",
-                   help="remove connected components smaller than PIXELS of CLASS (name or index); repeatable")
+                   help="remove connected components smaller than PIXELS (of the output B-scan) of CLASS (name "
+                        "or index); repeatable (default: none, or a CV folder's recorded min_sizes, scaled from "
+                        "its at_size to each B-scan's size)")
     p.add_argument("--report", action="store_true",
                    help="also write OUT/report.html: a self-contained page with a viewer per volume")
     p.add_argument("--shard", default=None, metavar="I/N",
@@ -338,8 +422,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="replace an existing --out file that octseg did not write")
     p.set_defaults(func=cmd_report)
 
-    p = sub.add_parser("export", help="export a checkpoint to ONNX")
-    p.add_argument("checkpoint", type=Path)
+    p = sub.add_parser("export", help="export a checkpoint (or an ensemble) to ONNX")
+    p.add_argument("checkpoint", type=Path, nargs="+", metavar="CHECKPOINT", help=ENSEMBLE_HELP)
     p.add_argument("out", type=Path)
     p.add_argument("--weights", choices=["teacher", "student"], default=None,
                    help="which network of a Mean Teacher checkpoint (default: the checkpoint's, the teacher)")

@@ -30,7 +30,7 @@ class _Item:
     volume: str
     vendor: Optional[str]
     spacing: Optional[Spacing]  # of ``image``/``mask`` as they are here
-    image: np.ndarray
+    image: np.ndarray  # uint8 (H, W); (2k+1, H, W) with its neighbours for a 2.5D model
     mask: Optional[np.ndarray]  # None = unlabelled
 
 
@@ -61,8 +61,21 @@ def check_classes(model_classes, data_classes, checkpoint, data) -> None:
 # ------------------------------------------------------------------------------- sources
 
 
-def _raw_source(data, reader_kwargs):
-    """(classes, item generator, B-scans to read, spacing known?, header info); labelled volumes only."""
+def _with_context(bscans: list, k: int, where) -> list:
+    """A volume's B-scans with each image replaced by its (2k+1, H, W) stack of neighbours (2.5D)."""
+    from octseg.data.context import context_rows, stack_context
+
+    if len({b.image.shape for b in bscans}) > 1:
+        raise DataError(where, f"volume {bscans[0].volume!r} has B-scans of different sizes; a 2.5D model "
+                               f"(context_slices {k}) needs one size per volume")
+    stacks = stack_context(np.stack([b.image for b in bscans]),
+                           context_rows(None, [b.slice_index for b in bscans], k, n=len(bscans)))
+    return [(b, stack) for b, stack in zip(bscans, stacks)]
+
+
+def _raw_source(data, reader_kwargs, k: int = 0):
+    """(classes, item generator, B-scans to read, spacing known?, header info); labelled volumes only.
+    ``k``: a 2.5D model's context slices (a volume is then read whole, for the neighbours)."""
     from octseg.data.readers import scan_source
 
     src = scan_source(data, **reader_kwargs)
@@ -71,6 +84,10 @@ def _raw_source(data, reader_kwargs):
 
     def items() -> Iterator[_Item]:
         for v in vols:
+            if k > 0:
+                for b, stack in _with_context(list(v.load()), k, v.paths[0] if v.paths else data):
+                    yield _Item(b.id, b.volume, b.vendor, b.spacing, stack, b.mask)
+                continue
             for b in v.load():
                 yield _Item(b.id, b.volume, b.vendor, b.spacing, b.image, b.mask)
 
@@ -78,7 +95,10 @@ def _raw_source(data, reader_kwargs):
     return src.classes, items, sum(v.n_slices for v in vols), spacing_known, info
 
 
-def _prepared_source(ds, split, part):
+def _prepared_source(ds, split, part, k: int = 0):
+    """As :func:`_raw_source` for a prepared dataset; a 2.5D model's neighbours come from the whole
+    dataset (unlabelled B-scans and other parts included), as in training."""
+    from octseg.data.context import context_rows, stack_context
     from octseg.data.splits import load_split, split_indices
 
     if split is not None:
@@ -95,10 +115,13 @@ def _prepared_source(ds, split, part):
     info = {"data_kind": "prepared", "layout": ds.meta.get("layout"), "prepared_size": [H, W],
             "rows_in_part": n_rows, "unlabelled_rows": n_rows - len(rows)}
 
+    table = context_rows([s.volume for s in ds.slices], [s.slice_index for s in ds.slices], k) if k > 0 else None
+
     def items() -> Iterator[_Item]:
         for start in range(0, len(rows), 64):  # contiguous-ish reads from the memmaps
             chunk = rows[start:start + 64]
-            imgs, masks = np.asarray(ds.images[chunk]), np.asarray(ds.masks[chunk])
+            imgs = np.asarray(ds.images[chunk]) if table is None else stack_context(ds.images, table, chunk)
+            masks = np.asarray(ds.masks[chunk])
             for r, img, m in zip(chunk, imgs, masks):
                 s = ds.slices[r]
                 sp = _rescale(s.spacing, (s.orig_height, s.orig_width), (H, W))
@@ -128,35 +151,49 @@ def _chunks(items: Iterator[_Item], batch: int, on_skip) -> Iterator[list[_Item]
 
 def evaluate_model(model, meta: dict, data, split: Optional[str] = None, part: str = "test", tta=False,
                    at_model_size: bool = False, batch: int = 8, device="cpu", progress: bool = True,
-                   checkpoint=None, **reader_kwargs) -> dict:
-    """Score an already loaded model (``meta`` as from :func:`octseg.checkpoint.load_network`).
+                   checkpoint=None, min_sizes=None, min_sizes_at=None, **reader_kwargs) -> dict:
+    """Score an already loaded model (``meta`` as from :func:`octseg.checkpoint.load_network`,
+    or an ensemble's from :func:`octseg.inference.ensemble.load_models`).
 
     Separate from :func:`evaluate` so that training code and tests can score a network
-    without a checkpoint file.
+    without a checkpoint file. ``min_sizes`` (``{class: pixels}``, or ``["IRF=50", ...]``):
+    small components are removed from the predictions before scoring, as ``octseg predict`` would;
+    in pixels of the scored B-scans, or at ``min_sizes_at`` (H, W; a CV folder's ``at_size``), then
+    scaled to each B-scan's size (:func:`octseg.inference.postprocess.scale_min_sizes`).
     """
     from tqdm.auto import tqdm
 
+    from octseg.checkpoint import context_slices
     from octseg.transforms import resize_mask_u8 as resize_mask
     from octseg.data.prepared import PreparedDataset, is_prepared
     from octseg.inference import predict_labels
+    from octseg.inference.postprocess import (check_min_sizes, parse_min_sizes, remove_small_components,
+                                              scale_min_sizes)
     from octseg.metrics import MetricAccumulator
 
     data = Path(data)
     tta = _tta_flag(tta)
     batch = max(1, int(batch))
     input_size = tuple(int(s) for s in meta["input_size"])
+    k = context_slices(meta)
     prepared = data.is_dir() and is_prepared(data)
     if prepared:
         ds = PreparedDataset(data)
-        classes, items, total, spacing_known, info = _prepared_source(ds, split, part)
+        classes, items, total, spacing_known, info = _prepared_source(ds, split, part, k)
     else:
         if split is not None:
             raise ConfigError(f"--split needs a prepared dataset, but {data} is raw data; run "
                               f"`octseg prepare` and `octseg split` first, or leave out --split to score all of it")
-        classes, items, total, spacing_known, info = _raw_source(data, reader_kwargs)
-    check_classes(meta["classes"], classes, checkpoint or "(model)", data)
+        classes, items, total, spacing_known, info = _raw_source(data, reader_kwargs, k)
+    members = meta.get("members")
+    named = f"ensemble {', '.join(m['checkpoint'] for m in members)}" if members else checkpoint or "(model)"
+    check_classes(meta["classes"], classes, named, data)
 
     names = tuple(meta["classes"])
+    if isinstance(min_sizes, (list, tuple)):
+        min_sizes = parse_min_sizes(min_sizes, names)
+    else:
+        min_sizes = check_min_sizes(min_sizes, names)
     acc = MetricAccumulator(len(names), names, hd95="auto" if spacing_known else "px")
     ids: list[str] = []
     sizes: Counter = Counter()
@@ -170,7 +207,7 @@ def evaluate_model(model, meta: dict, data, split: Optional[str] = None, part: s
     with tqdm(total=total, desc=f"evaluate {data.name}", unit="B-scan", disable=not progress) as bar:
         for chunk in _chunks(items(), batch, skip):
             images = np.stack([it.image for it in chunk])
-            hw = images.shape[1:]
+            hw = images.shape[-2:]
             if at_model_size:
                 out = input_size
                 gt = np.stack([resize_mask(it.mask, out) for it in chunk])
@@ -179,6 +216,8 @@ def evaluate_model(model, meta: dict, data, split: Optional[str] = None, part: s
                 gt = np.stack([it.mask for it in chunk])
             pred = predict_labels(model, images, meta["normalization"], input_size, batch=batch,
                                   device=device, tta=tta, out_size=out)
+            if min_sizes:
+                pred = remove_small_components(pred, scale_min_sizes(min_sizes, min_sizes_at, out))
             acc.update(gt, pred, volumes=[it.volume for it in chunk], vendors=[it.vendor for it in chunk],
                        spacings=[_rescale(it.spacing, hw, out) for it in chunk])
             ids += [it.id for it in chunk]
@@ -198,8 +237,13 @@ def evaluate_model(model, meta: dict, data, split: Optional[str] = None, part: s
         scored_at = "model"
     else:
         scored_at = "prepared" if prepared else "native"
+    if members:  # an ensemble: every member's checkpoint
+        checkpoint_field = [m["checkpoint"] for m in members]
+    else:
+        checkpoint_field = None if checkpoint is None else str(Path(checkpoint).resolve())
     header = {
-        "checkpoint": None if checkpoint is None else str(Path(checkpoint).resolve()),
+        "checkpoint": checkpoint_field,
+        **({"members": members, "cv_folders": meta.get("cv_folders") or []} if members else {}),
         "method": meta.get("method"),
         "weights": meta.get("weights"),
         "classes": list(names),
@@ -209,6 +253,9 @@ def evaluate_model(model, meta: dict, data, split: Optional[str] = None, part: s
         "split": split,
         "part": part if split is not None else None,
         "tta": "flip" if tta else "none",
+        "context_slices": k,
+        "min_sizes": {names[c]: int(n) for c, n in sorted(min_sizes.items())},
+        "min_sizes_at": None if min_sizes_at is None or not min_sizes else [int(v) for v in min_sizes_at],
         "scored_at": scored_at,
         "sizes": dict(sizes),
         "n_bscans": len(ids),
@@ -224,23 +271,31 @@ def evaluate_model(model, meta: dict, data, split: Optional[str] = None, part: s
 
 def evaluate(checkpoint, data, split: Optional[str] = None, part: str = "test", tta=False,
              weights: Optional[str] = None, at_model_size: bool = False, batch: int = 8, device="auto",
-             progress: bool = True, **reader_kwargs) -> dict:
+             progress: bool = True, min_sizes=None, **reader_kwargs) -> dict:
     """Load ``checkpoint`` and score it on ``data`` (prepared dataset or raw folder/file).
+
+    ``checkpoint`` may be a list of checkpoints and/or CV folders: their ensemble is scored
+    (:mod:`octseg.inference.ensemble`), with a CV folder's ``min_sizes`` (scaled from its ``at_size``
+    to the scored B-scans' size) unless ``min_sizes`` is given.
 
     Returns a JSON-ready dict: ``header`` (what was scored, how), the keys of
     :meth:`octseg.metrics.MetricAccumulator.compute` (pooled, per_bscan, per_volume, hd95,
     by_vendor, per_volume_table, per_bscan_table with B-scan ids) and ``retouch``
     (3-D Dice, AVD mm^3 and detection AUC per volume and vendor; null without volume ids).
     """
-    from octseg.checkpoint import load_network
-
+    from octseg.inference.ensemble import load_models, resolve_sources
     from octseg.inference.predictor import resolve_device
 
     device = resolve_device(device)
-    model, meta = load_network(checkpoint, weights, device)
+    sources = resolve_sources(checkpoint)
+    model, meta, _ = load_models(sources.checkpoints, weights, device, sources=sources)
+    min_sizes_at = None  # a given min_sizes counts pixels of the scored B-scans
+    if min_sizes is None or (isinstance(min_sizes, (list, tuple)) and not min_sizes):
+        min_sizes, min_sizes_at = sources.min_sizes(), sources.min_sizes_at()
     reader_kwargs = {k: v for k, v in reader_kwargs.items() if v is not None}
     return evaluate_model(model, meta, data, split=split, part=part, tta=tta, at_model_size=at_model_size,
-                          batch=batch, device=device, progress=progress, checkpoint=checkpoint, **reader_kwargs)
+                          batch=batch, device=device, progress=progress, checkpoint=sources.checkpoints[0],
+                          min_sizes=min_sizes, min_sizes_at=min_sizes_at, **reader_kwargs)
 
 
 # -------------------------------------------------------------------------------- output
@@ -270,9 +325,16 @@ def format_header(result: dict) -> str:
         skipped += f"; {h['unlabelled_volumes']} unlabelled volumes skipped"
     data = f"{h['data']} ({h['data_kind']}" + (f", {h['layout']} layout)" if h.get("layout") else ")")
     hd = {"mm": "mm (spacing from the data)", "px": "pixels (no spacing known)"}.get(h["hd95_unit"], "-")
+    ckpt = h["checkpoint"]
+    if isinstance(ckpt, list):
+        ckpt = f"ensemble of {len(ckpt)}: " + ", ".join(ckpt)
+    post = h.get("min_sizes")
     lines = [
-        f"checkpoint : {h['checkpoint']}",
-        f"model      : method {h['method']}, weights {h['weights']}, tta {h['tta']}, classes {h['classes']}",
+        f"checkpoint : {ckpt}",
+        f"model      : method {h['method']}, weights {h['weights']}, tta {h['tta']}, classes {h['classes']}"
+        + (f", min sizes {post}" if post else "")
+        + (f" (px at {'x'.join(map(str, h['min_sizes_at']))}, scaled to each B-scan)" if post and h.get("min_sizes_at")
+           else ""),
         f"data       : {data}",
         f"scored     : {part}: {h['n_bscans']} B-scans in {h['n_volumes']} volumes{skipped}",
         f"size       : {_size_line(h)}",

@@ -28,6 +28,9 @@ class ModelConfig:
     encoder_weights: str = "none"
     encoder_depth: int = 5
     decoder_channels: Optional[list[int]] = None
+    #: 2.5D input: the B-scan and this many neighbours on each side as 2k+1 channels
+    #: (:mod:`octseg.data.context`); 0 = 2-D input.
+    context_slices: int = 0
 
 
 def _smp():
@@ -69,27 +72,73 @@ def _imagenet_cached(encoder: str) -> bool:
         return False
 
 
-def load_weights_file(path) -> dict[str, torch.Tensor]:
-    """A state dict from a .safetensors or torch file, loaded without running pickled code."""
+#: Key of the metadata entry of an encoder file written by ``octseg pretrain``.
+ENCODER_META_KEY = "octseg_encoder"
+
+
+def read_weights_file(path) -> tuple[dict[str, torch.Tensor], Optional[dict]]:
+    """(state dict, encoder metadata or None) from a .safetensors or torch file, loaded without
+    running pickled code. The metadata is that of an ``octseg pretrain`` encoder file."""
     path = Path(path)
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
 
-        return load_file(str(path), device="cpu")
+        try:
+            return load_file(str(path), device="cpu"), None
+        except Exception as exc:
+            raise ConfigError(f"{path}: cannot load weights ({type(exc).__name__}: {exc})") from None
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
         raise ConfigError(f"{path}: cannot load weights ({type(exc).__name__}: {exc})") from exc
+    meta = obj.get(ENCODER_META_KEY) if isinstance(obj, dict) else None
     if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
         obj = obj["state_dict"]
     if not isinstance(obj, dict):
         raise ConfigError(f"{path}: not a state dict (found {type(obj).__name__})")
-    return obj
+    return obj, meta if isinstance(meta, dict) else None
 
 
-def _load_encoder_file(model: nn.Module, path: Path) -> dict:
+def load_weights_file(path) -> dict[str, torch.Tensor]:
+    """A state dict from a .safetensors or torch file, loaded without running pickled code."""
+    return read_weights_file(path)[0]
+
+
+def _check_encoder_meta(meta: dict, cfg: "ModelConfig", path: Path) -> None:
+    """An ``octseg pretrain`` file says which encoder it holds: a mismatch is an error naming both."""
+    what = f"an encoder file for {meta.get('encoder')!r} (objective {meta.get('objective', '?')}, octseg " \
+           f"{meta.get('octseg_version', '?')})"
+    if meta.get("encoder") != cfg.encoder:
+        raise ConfigError(f"{path}: {what}, but model.encoder={cfg.encoder!r}; set model.encoder="
+                          f"{meta.get('encoder')} or pretrain a {cfg.encoder} encoder")
+    model_in = 2 * int(getattr(cfg, "context_slices", 0) or 0) + 1
+    if meta.get("in_channels", 1) not in (1, model_in):
+        raise ConfigError(f"{path}: {what} with {meta.get('in_channels')} input channels; this model takes "
+                          f"{model_in}")
+    depth = meta.get("encoder_depth")
+    if isinstance(depth, int) and depth < cfg.encoder_depth:
+        raise ConfigError(f"{path}: {what} of depth {depth}, but model.encoder_depth={cfg.encoder_depth}: its "
+                          f"deepest stages would stay random; pretrain with the same depth")
+
+
+def encoder_file_problem(path, cfg: "ModelConfig") -> Optional[str]:
+    """Why an ``octseg pretrain`` encoder file does not fit ``cfg`` (None when it fits, or when the file
+    is not one: other files are checked when they load). For config validation, before any data is read."""
+    meta = None
+    try:
+        _, meta = read_weights_file(path)
+        if meta is not None:
+            _check_encoder_meta(meta, cfg, Path(path))
+    except ConfigError as exc:
+        return str(exc) if meta is not None else None
+    return None
+
+
+def _load_encoder_file(model: nn.Module, path: Path, cfg: Optional["ModelConfig"] = None) -> dict:
     """Load a local encoder weights file; keys may be bare or prefixed (``encoder.``, ``student.encoder.``)."""
-    state = load_weights_file(path)
+    state, meta = read_weights_file(path)
+    if meta is not None and cfg is not None:
+        _check_encoder_meta(meta, cfg, path)
     enc_keys = set(model.encoder.state_dict())
     cleaned = {}
     for k, v in state.items():
@@ -104,10 +153,25 @@ def _load_encoder_file(model: nn.Module, path: Path) -> dict:
     for k, v in list(cleaned.items()):
         if k in enc_state and v.ndim == 4 and enc_state[k].ndim == 4 and v.shape[1] == 3 and enc_state[k].shape[1] == 1:
             cleaned[k] = v.sum(dim=1, keepdim=True)
+        # ... and a 1-channel one (octseg pretrain) feeds a 2.5D model's 2k+1 channels equally.
+        elif k in enc_state and v.ndim == 4 and enc_state[k].ndim == 4 and v.shape[1] == 1 and enc_state[k].shape[1] > 1:
+            cleaned[k] = v.repeat(1, enc_state[k].shape[1], 1, 1) / enc_state[k].shape[1]
+    wrong = [f"{k} {tuple(v.shape)} (model: {tuple(enc_state[k].shape)})" for k, v in cleaned.items()
+             if k in enc_state and hasattr(v, "shape") and tuple(v.shape) != tuple(enc_state[k].shape)]
+    if wrong:
+        raise ConfigError(f"{path}: these weights do not fit model.encoder={getattr(cfg, 'encoder', '?')!r} "
+                          f"(another encoder or input channels?): {len(wrong)} tensors of the wrong shape, e.g. "
+                          + "; ".join(wrong[:3]))
+    if enc_state and not any(k in enc_state for k in cleaned):
+        raise ConfigError(f"{path}: none of its {len(cleaned)} tensors belongs to model.encoder="
+                          f"{getattr(cfg, 'encoder', '?')!r} (weights of another encoder?)")
     result = model.encoder.load_state_dict(cleaned, strict=False)
     report = {"missing": list(result.missing_keys), "unexpected": list(result.unexpected_keys)}
     print(f"loaded encoder weights from {path}: {len(cleaned) - len(report['unexpected'])} tensors, "
           f"{len(report['missing'])} missing keys, {len(report['unexpected'])} unexpected keys")
+    if meta is not None:
+        print(f"  pretrained with octseg pretrain: objective {meta.get('objective')}, {meta.get('steps')} steps at "
+              f"{meta.get('size')}, data {[d.get('path') for d in meta.get('data') or [] if isinstance(d, dict)]}")
     for kind in ("missing", "unexpected"):
         if report[kind]:
             shown = ", ".join(report[kind][:8]) + (" ..." if len(report[kind]) > 8 else "")
@@ -116,10 +180,12 @@ def _load_encoder_file(model: nn.Module, path: Path) -> dict:
 
 
 def build_model(cfg: ModelConfig, num_classes: int) -> nn.Module:
-    """A network that maps (N, 1, H, W) float images to (N, num_classes, H, W) logits."""
+    """A network that maps (N, 2k+1, H, W) float images (k = ``context_slices``, 1 channel for 2-D
+    input) to (N, num_classes, H, W) logits."""
     smp = _smp()
     weights = (cfg.encoder_weights or "none").strip()
-    kwargs = dict(encoder_name=cfg.encoder, encoder_depth=cfg.encoder_depth, in_channels=1, classes=num_classes)
+    kwargs = dict(encoder_name=cfg.encoder, encoder_depth=cfg.encoder_depth,
+                  in_channels=2 * int(cfg.context_slices) + 1, classes=num_classes)
     if cfg.decoder_channels:
         kwargs["decoder_channels"] = list(cfg.decoder_channels)
     try:
@@ -145,7 +211,7 @@ def build_model(cfg: ModelConfig, num_classes: int) -> nn.Module:
         if not path.is_file():
             raise ConfigError(f"model.encoder_weights={weights!r}: not 'none', 'imagenet' or an existing file")
         model = smp.create_model(archs[cfg.arch.lower()], encoder_weights=None, **kwargs)
-        _load_encoder_file(model, path)
+        _load_encoder_file(model, path, cfg)
         return model
     except KeyError as exc:
         raise ConfigError(f"model: {exc.args[0] if exc.args else exc}") from None

@@ -15,12 +15,15 @@ def normalise(x: torch.Tensor, norm: dict) -> torch.Tensor:
 
 
 def to_unit(images_u8: torch.Tensor) -> torch.Tensor:
-    """uint8 (N, H, W) -> float (N, 1, H, W) in [0, 1]: the views methods and augmentation work on."""
-    return images_u8.to(torch.float32).div_(255.0).unsqueeze(1)
+    """uint8 (N, H, W) -> float (N, 1, H, W) in [0, 1]: the views methods and augmentation work on.
+    A 2.5D stack (N, C, H, W) (:mod:`octseg.data.context`) keeps its C channels."""
+    x = images_u8.to(torch.float32).div_(255.0)
+    return x if x.ndim == 4 else x.unsqueeze(1)
 
 
 def to_model_input(images_u8: torch.Tensor, norm: dict) -> torch.Tensor:
-    """uint8 (N, H, W) -> normalised float (N, 1, H, W)."""
+    """uint8 (N, H, W) -> normalised float (N, 1, H, W); (N, C, H, W) -> (N, C, H, W), every
+    channel with the same mean and std."""
     return normalise(to_unit(images_u8), norm)
 
 

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 from octseg.config.schema import Config
+from octseg.data.context import MAX_CONTEXT_SLICES
 from octseg.errors import ConfigError
 from octseg.losses import LOSSES
 from octseg.optim import OPTIMIZERS, SCHEDULERS
@@ -127,6 +128,7 @@ _RULES: list[tuple[str, Rule]] = [
     ("data.volume_regex", optional(text())),  # compiled in _check_data
     # model: arch, encoder, encoder_weights, decoder_channels need smp: _check_model
     ("model.encoder_depth", integer(1, 5)),
+    ("model.context_slices", integer(0, MAX_CONTEXT_SLICES)),  # 2.5D input: neighbours on each side
     # loss
     ("loss.name", one_of(*LOSSES)),
     ("loss.dice_weight", NON_NEGATIVE),
@@ -298,6 +300,13 @@ def _check_model(cfg: Config, bad: set) -> list[str]:
                            and not Path(weights).expanduser().is_file()):
         errors.append(_bad("model.encoder_weights", m.encoder_weights,
                            "none, imagenet or the path of an existing weights file (.pth or .safetensors)"))
+    elif weights.lower() not in ("none", "null", "", "imagenet") and isinstance(m.encoder, str) \
+            and not {"model.encoder_depth", "model.context_slices"} & bad:
+        from octseg.models import encoder_file_problem
+
+        problem = encoder_file_problem(Path(weights).expanduser(), m)  # an octseg pretrain file for another encoder
+        if problem:
+            errors.append(f"model.encoder_weights: {problem}")
     dc = m.decoder_channels
     if dc is not None:
         if not (isinstance(dc, list) and dc and all(_is_int(c) and c >= 1 for c in dc)):

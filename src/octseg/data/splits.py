@@ -169,6 +169,14 @@ def _split_by_volume(ds: PreparedDataset, labelled, labelled_count, val, test, r
     train_lab = {g: vs[pos[g]:] for g, vs in shuffled.items() if vs[pos[g]:]}
     order = _interleave(train_lab, rng)  # labelled-volume draw order, vendor-balanced
 
+    return _volume_parts(ds, held, order, labelled, labelled_count, n_lab, rows_of)
+
+
+def _volume_parts(ds: PreparedDataset, held: dict, order: list, labelled, labelled_count, n_lab: dict, rows_of: dict,
+                  excluded=frozenset()):
+    """Parts and volumes of a by-volume split once val/test volumes are ``held``: the first of the
+    training volumes in draw ``order`` are labelled, every other training B-scan unlabelled;
+    ``excluded`` volumes are in no part (cross-validation's held-back test volumes)."""
     chosen: list[str] = []
     cut: dict[str, int] = {}
     if labelled_count is not None:
@@ -193,6 +201,8 @@ def _split_by_volume(ds: PreparedDataset, labelled, labelled_count, val, test, r
     taken: dict[str, int] = defaultdict(int)
     for i, s in enumerate(ds.slices):  # dataset order: deterministic and readable
         v = s.volume
+        if v in excluded:
+            continue
         if v in held_set:
             if s.labelled:
                 parts["val" if v in held["val"] else "test"].append(s.id)
@@ -201,7 +211,7 @@ def _split_by_volume(ds: PreparedDataset, labelled, labelled_count, val, test, r
             taken[v] += 1
         else:
             parts["unlabelled"].append(s.id)
-    train = sorted(v for v in rows_of if v not in held_set)
+    train = sorted(v for v in rows_of if v not in held_set and v not in excluded)
     unl_vols = sorted({ds.slices[i].volume for i in ds.indices(parts["unlabelled"])})
     volumes = {"labelled": sorted(chosen), "unlabelled": unl_vols, "val": sorted(held["val"]),
                "test": sorted(held["test"]), "train": train}
@@ -252,3 +262,109 @@ def split_indices(prepared_dataset, split_dict: dict) -> dict[str, np.ndarray]:
     """Row indices into the dataset's arrays for every part of a split."""
     ds = _open(prepared_dataset)
     return {part: ds.indices(ids) for part, ids in split_dict["parts"].items()}
+
+
+# ----------------------------------------------------------------------------------- cross-validation folds
+
+
+def _volume_tables(ds: PreparedDataset):
+    """Rows, vendor and labelled-B-scan count of every volume."""
+    rows_of: dict[str, list[int]] = defaultdict(list)
+    vendor_of: dict[str, Optional[str]] = {}
+    for i, s in enumerate(ds.slices):
+        rows_of[s.volume].append(i)
+        vendor_of.setdefault(s.volume, s.vendor)
+    n_lab = {v: int(ds.labelled[r].sum()) for v, r in rows_of.items()}
+    return rows_of, vendor_of, n_lab
+
+
+def assign_folds(prepared, folds: int, seed: int, exclude=()) -> list[list[str]]:
+    """K lists of volume ids that partition the labelled volumes (those not in ``exclude``).
+
+    Volumes are drawn in a vendor-balanced random order (``seed``) and each goes to the fold with
+    the fewest volumes, then the fewest labelled B-scans, so folds differ by at most one volume.
+    Volumes without labels are in no fold: they cannot be scored (they train, unlabelled, in every fold).
+    """
+    ds = _open(prepared)
+    if int(folds) != folds or folds < 2:
+        raise ConfigError(f"folds must be an integer >= 2, not {folds!r}")
+    rows_of, vendor_of, n_lab = _volume_tables(ds)
+    cands = sorted(v for v in rows_of if n_lab[v] > 0 and v not in set(exclude))
+    if len(cands) < folds:
+        raise DataError(ds.path, f"{len(cands)} labelled volume(s) outside the test set: too few for {folds} folds "
+                                 f"(each fold needs at least one volume to score)")
+    rng = np.random.default_rng(seed)
+    groups: dict[str, list[str]] = defaultdict(list)
+    for v in cands:
+        groups[vendor_of[v] or ""].append(v)
+    order = _interleave({g: [vs[k] for k in rng.permutation(len(vs))] for g, vs in sorted(groups.items())}, rng)
+    out: list[list[str]] = [[] for _ in range(folds)]
+    size = [0] * folds
+    for v in order:
+        k = min(range(folds), key=lambda f: (len(out[f]), size[f], f))
+        out[k].append(v)
+        size[k] += n_lab[v]
+    return [sorted(f) for f in out]
+
+
+def make_fold_split(prepared, name: str, val_volumes, test_volumes, excluded=(), labelled: Optional[float] = None,
+                    labelled_count: Optional[int] = None, seed: int = 0, fractions: Optional[dict] = None,
+                    note: Optional[dict] = None, val_trains: bool = False) -> Path:
+    """Write the named by-volume split of one cross-validation fold and return its path.
+
+    ``val_volumes``/``test_volumes`` are given (not drawn); ``excluded`` volumes are in no part;
+    every other volume trains, and of its labelled volumes ``labelled`` (fraction, at least one)
+    or ``labelled_count`` (B-scans) are labelled, drawn as :func:`make_split` draws them; the rest
+    are unlabelled. ``fractions`` is recorded as the split's parameters (the recipe's, so that
+    training does not warn), ``note`` under ``"cv"``. ``val_trains``: the val volumes also train
+    (a run that keeps its last weights and needs val only for its logs). An identical existing file
+    is left as it is.
+    """
+    _check_args(labelled, labelled_count, 0.0, 0.0, "volume", name)
+    ds = _open(prepared)
+    rows_of, vendor_of, n_lab = _volume_tables(ds)
+    held = {"val": sorted(val_volumes), "test": sorted(test_volumes)}
+    known = set(rows_of)
+    for v in [*held["val"], *held["test"], *excluded]:
+        if v not in known:
+            raise DataError(ds.path, f"volume {v!r} of fold split {name!r} is not in the dataset")
+    if set(held["val"]) & set(held["test"]):
+        raise ConfigError(f"fold split {name!r}: volumes both validate and test: {sorted(set(held['val']) & set(held['test']))}")
+    skip = set(held["test"]) | set(excluded) | (set() if val_trains else set(held["val"]))
+    rng = np.random.default_rng(seed)
+    groups: dict[str, list[str]] = defaultdict(list)
+    for v in sorted(known):
+        if v not in skip and n_lab[v] > 0:
+            groups[vendor_of[v] or ""].append(v)
+    if not groups:
+        raise DataError(ds.path, f"fold split {name!r} leaves no labelled volume to train on")
+    order = _interleave({g: [vs[k] for k in rng.permutation(len(vs))] for g, vs in sorted(groups.items())}, rng)
+    drawn = {"val": [], "test": held["test"]} if val_trains else held
+    parts, volumes = _volume_parts(ds, drawn, order, labelled, labelled_count, n_lab, rows_of, frozenset(excluded))
+    if val_trains:
+        val_set = set(held["val"])
+        parts["val"] = [s.id for s in ds.slices if s.volume in val_set and s.labelled]
+        volumes["val"] = held["val"]
+    volumes["excluded"] = sorted(excluded)
+    doc = {
+        "name": name,
+        "seed": int(seed),
+        "by": "volume",
+        "fractions": fractions if fractions is not None else
+        {"labelled": labelled, "labelled_count": labelled_count, "val": 0.0, "test": 0.0},
+        "parts": parts,
+        "volumes": volumes,
+        "counts": {k: len(v) for k, v in parts.items()},
+        "octseg_version": __version__,
+        "cv": note or {},
+    }
+    path = ds.path / "splits" / f"{name}.json"
+    text = json.dumps(doc, indent=2, sort_keys=True) + "\n"
+    try:
+        old = json.loads(path.read_text())
+    except (OSError, ValueError):
+        old = None
+    if isinstance(old, dict) and {k: v for k, v in old.items() if k != "octseg_version"} == \
+            {k: v for k, v in doc.items() if k != "octseg_version"}:
+        return path
+    return atomic_write_text(path, text)

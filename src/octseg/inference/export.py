@@ -1,9 +1,16 @@
 """Export a checkpoint's network to ONNX, self-describing like the checkpoint itself.
 
 The graph maps normalised float images (N, 1, H, W) at the checkpoint's input size to logits
-(N, K, H, W); the batch axis is dynamic. Everything needed to use it (classes, input size,
+(N, K, H, W); the batch axis is dynamic. A 2.5D checkpoint (``context_slices`` k) takes
+(N, 2k+1, H, W): each B-scan with its k neighbours on each side, in slice order. Everything needed to use it (classes, input size,
 intensity normalisation, octseg version) is stored as JSON in the model's metadata_props
 under the key ``"octseg"``, so :class:`octseg.inference.predictor.Predictor` can run a bare .onnx file.
+
+An ensemble (several checkpoints or a CV folder, :mod:`octseg.inference.ensemble`) exports as one
+graph whose output is the log of the members' mean probability (``"output_kind":
+"log_probabilities"`` in the metadata, which also lists the ``members``); argmax and softmax
+of it mean what they mean for one network's logits. Members normalised otherwise than the first
+(CV folds) carry their input map in the graph (:class:`octseg.inference.ensemble.Renormalised`).
 """
 
 from __future__ import annotations
@@ -27,6 +34,7 @@ META_KEY = "octseg"
 def onnx_meta(meta: dict) -> dict:
     """The subset of a checkpoint's meta that a runtime needs, plus which weights were exported."""
     from octseg import __version__
+    from octseg.checkpoint import context_slices
 
     return {
         "format_version": meta.get("format_version"),
@@ -36,11 +44,15 @@ def onnx_meta(meta: dict) -> dict:
         "input_size": [int(s) for s in meta["input_size"]],
         "normalization": {"mean": float(meta["normalization"]["mean"]), "std": float(meta["normalization"]["std"])},
         "model": meta.get("model", {}),
+        "context_slices": context_slices(meta),
         "method": meta.get("method"),
         "weights": meta.get("weights"),
         "input": INPUT_NAME,
         "output": OUTPUT_NAME,
-        "layout": "NCHW float32, normalised: (x/255 - mean) / std",
+        "layout": "NCHW float32, normalised: (x/255 - mean) / std; C = 2 * context_slices + 1 (the B-scan and its "
+                  "neighbours in slice order, the B-scan in the middle)",
+        "output_kind": "log_probabilities" if meta.get("members") else "logits",
+        **({"members": meta["members"], "cv_folders": meta.get("cv_folders") or []} if meta.get("members") else {}),
     }
 
 
@@ -67,7 +79,8 @@ def export_bytes(model, meta: dict) -> bytes:
     model = model.to("cpu").eval()
     h, w = meta["input_size"]
     buf = io.BytesIO()
-    _torch_export(model, torch.zeros(1, 1, int(h), int(w)), buf)
+    channels = 2 * int(meta.get("context_slices", 0) or 0) + 1  # 2.5D input: the B-scan and its neighbours
+    _torch_export(model, torch.zeros(1, channels, int(h), int(w)), buf)
     proto = onnx.load_from_string(buf.getvalue())
     del buf
     entry = proto.metadata_props.add()
@@ -89,16 +102,18 @@ def export_model(model, meta: dict, out) -> Path:
 def export_onnx(checkpoint, out, weights: Optional[str] = None, overwrite: bool = False) -> Path:
     """``octseg export``: checkpoint (teacher or student weights) -> checked ONNX file at ``out``.
 
+    ``checkpoint`` may be a list of checkpoints and/or CV folders: one graph of the whole ensemble.
     An existing ``out`` is replaced only when octseg wrote it, or with ``overwrite``."""
-    from octseg.checkpoint import load_network
+    from octseg.inference.ensemble import load_models, resolve_sources
     from octseg.io.outputs import check_output_file
 
     try:
         import onnx  # noqa: F401
     except ImportError:
         raise CheckpointError("ONNX export needs the onnx package: pip install 'octseg[onnx]'") from None
-    out = check_output_file(out, overwrite, protect=[checkpoint])
-    model, meta = load_network(checkpoint, weights, "cpu")
+    sources = resolve_sources(checkpoint)
+    out = check_output_file(out, overwrite, protect=sources.paths)
+    model, meta, _ = load_models(sources.checkpoints, weights, "cpu", sources=sources)
     return export_model(model, onnx_meta(meta), out)
 
 

@@ -80,9 +80,11 @@ def to_uint8_stack(array) -> tuple[np.ndarray, bool]:
 class _OnnxNet:
     """An onnxruntime session that looks like a torch module to :func:`octseg.inference.predict_logits`."""
 
-    def __init__(self, session):
+    def __init__(self, session, outputs_log_probs: bool = False):
         self.session = session
         self.input = session.get_inputs()[0].name
+        #: an exported ensemble outputs log mean-probabilities: flip TTA then averages probabilities
+        self.outputs_log_probs = outputs_log_probs
 
     def __call__(self, x):
         import torch
@@ -102,6 +104,7 @@ def _channels_last(net):
         def __init__(self, inner):
             super().__init__()
             self.inner = inner.to(memory_format=torch.channels_last)
+            self.outputs_log_probs = getattr(inner, "outputs_log_probs", False)  # an ensemble's, for TTA
 
         def forward(self, x):
             return self.inner(x.contiguous(memory_format=torch.channels_last))
@@ -137,15 +140,23 @@ def _onnx_session(model: Union[str, os.PathLike, bytes], device: str, explicit: 
                               f"{str(exc).splitlines()[0] if str(exc) else ''})") from None
 
 
-def _load_torch(path, weights, device):
-    from octseg.checkpoint import load_network
+def _load_torch(sources, weights, device):
+    """One checkpoint's network, or an ensemble's (:func:`octseg.inference.ensemble.load_models`)."""
+    from octseg.inference.ensemble import load_models
 
     try:
-        return load_network(path, weights, device)
+        model, meta, _ = load_models(sources.checkpoints, weights, device, sources=sources)
+        return model, meta
     except OctsegError:
         raise
     except (KeyError, TypeError, ValueError, AttributeError) as exc:
-        raise CheckpointError(f"{path}: malformed octseg metadata ({type(exc).__name__}: {exc})") from None
+        raise CheckpointError(f"{sources.describe()}: malformed octseg metadata ({type(exc).__name__}: {exc})") \
+            from None
+
+
+def _is_log_probs(meta: dict) -> bool:
+    """Whether an ONNX model's output is log-probabilities (an exported ensemble), not logits."""
+    return meta.get("output_kind") == "log_probabilities"
 
 
 # ----------------------------------------------------------------------------------------- API
@@ -157,15 +168,29 @@ class Predictor:
     >>> p = Predictor.from_checkpoint("model.ckpt", device="auto", tta=True)
     >>> labels = p.predict(bscan)          # (H, W) uint8 class indices
     >>> probs = p.predict_proba(stack)     # (N, K, H, W) float32
+    >>> ens = Predictor.from_checkpoint(["a.ckpt", "b.ckpt"])   # or a CV folder: an ensemble
+
+    A 2.5D model (``context_slices`` k > 0, :mod:`octseg.data.context`) reads each B-scan with its
+    k neighbours on each side: a stack given to ``predict``/``predict_proba``/``predict_u8`` is
+    **one volume**, in slice order (or in the order of ``slice_indices``), its edge B-scans
+    repeated; a single (H, W) B-scan is its own neighbour, with a warning. Predict a volume per
+    call, never a batch of B-scans from different volumes.
 
     Images are resized to the model's input size and the result back to the input's size:
     labels with nearest neighbour (as ``octseg evaluate`` scores them), probabilities with the
     same nearest mapping, so ``predict == argmax(predict_proba)`` when no ``min_sizes`` are set.
+
+    ``min_sizes`` count pixels of the output (the input's own size), unless ``min_sizes_at`` (H, W)
+    says they count pixels at that size (a CV folder's ``at_size``): each B-scan then removes
+    components below the sizes scaled by its pixel area over ``min_sizes_at``'s
+    (:func:`~octseg.inference.postprocess.scale_min_sizes`). Assigning ``min_sizes`` sets output
+    pixels again (``min_sizes_at = None``).
     """
 
     def __init__(self, net, meta: dict, *, device: str = "cpu", backend: str = "torch", tta: bool = False,
-                 min_sizes: Optional[Mapping] = None, batch: int = 8, source: str = ""):
-        from octseg.inference.postprocess import check_min_sizes
+                 min_sizes: Optional[Mapping] = None, batch: int = 8, source: str = "",
+                 min_sizes_at: Optional[tuple] = None):
+        from octseg.checkpoint import context_slices
 
         if int(batch) < 1:
             raise ConfigError(f"batch must be >= 1, got {batch}")
@@ -179,14 +204,42 @@ class Predictor:
         self.tta = bool(tta)
         self.batch = int(batch)
         self.source = source
-        self.min_sizes: dict[int, int] = check_min_sizes(min_sizes, self.classes)
+        self.min_sizes = min_sizes
+        #: (H, W) at which ``min_sizes`` count pixels; None: pixels of the output
+        self.min_sizes_at: Optional[tuple[int, int]] = (None if min_sizes_at is None
+                                                        else tuple(int(v) for v in min_sizes_at))
+        #: an ensemble's members (checkpoint, weights, method, model), None for one model
+        self.members: Optional[list] = meta.get("members")
+        #: 2.5D input: neighbours on each side of every B-scan (0 = 2-D input)
+        self.context_slices: int = context_slices(meta)
 
     @property
     def num_classes(self) -> int:
         return len(self.classes)
 
+    @property
+    def min_sizes(self) -> dict[int, int]:
+        """``{class index: pixels}``: components of a class smaller than that are removed."""
+        return self._min_sizes
+
+    @min_sizes.setter
+    def min_sizes(self, value) -> None:
+        # e.g. --min-size given by the user: pixels of the output, not of a CV folder's at_size
+        from octseg.inference.postprocess import check_min_sizes
+
+        self._min_sizes: dict[int, int] = check_min_sizes(value, self.classes)
+        self.min_sizes_at = None
+
+    def min_sizes_for(self, out_size) -> dict[int, int]:
+        """``min_sizes`` in pixels of an output B-scan of ``out_size`` (H, W)."""
+        from octseg.inference.postprocess import scale_min_sizes
+
+        return scale_min_sizes(self.min_sizes, self.min_sizes_at, out_size)
+
     def __repr__(self) -> str:
-        return (f"Predictor({self.source or '?'}, backend={self.backend}, device={self.device}, "
+        shown = self.source.startswith("ensemble of")  # else an exported ensemble's .onnx file
+        members = f", ensemble of {len(self.members)}" if self.members and not shown else ""
+        return (f"Predictor({self.source or '?'}{members}, backend={self.backend}, device={self.device}, "
                 f"classes={list(self.classes)}, input_size={self.input_size}, tta={self.tta})")
 
     # --- construction
@@ -198,30 +251,50 @@ class Predictor:
         """From an octseg checkpoint; ``backend="onnx"`` also takes an exported ``.onnx`` file
         (a checkpoint is then exported in memory first, which takes a few seconds).
 
+        ``path`` may also be a list of checkpoints and/or CV folders (``octseg cv``), or one CV
+        folder: their :class:`~octseg.inference.ensemble.Ensemble` predicts the members' mean
+        probability (with ``tta``: over members x flips). A CV folder's recorded ``min_sizes``
+        apply unless ``min_sizes`` is given (``{}`` for none), scaled from the CV's ``at_size`` to
+        each B-scan's size; a given ``min_sizes`` counts output pixels. ``weights`` applies to every member.
+
         ``channels_last`` (torch backend): default on for CPU, where it was measured faster;
         off for CUDA, where it was not measured."""
-        path = Path(path)
+        from octseg.inference.ensemble import resolve_sources
+
         if backend not in ("torch", "onnx"):
             raise ConfigError(f"backend must be torch or onnx, not {backend!r}")
-        if path.suffix.lower() == ".onnx":
+        sources = resolve_sources(path)
+        path = sources.checkpoints[0]
+        min_sizes_at = None
+        if min_sizes is None:
+            min_sizes, min_sizes_at = sources.min_sizes(), sources.min_sizes_at()
+        if not sources.is_ensemble and path.suffix.lower() == ".onnx":
             if backend != "onnx":
                 raise CheckpointError(f"{path}: an ONNX model; run it with backend onnx (--backend onnx)")
             return cls.from_onnx(path, device=device, tta=tta, min_sizes=min_sizes, batch=batch)
         explicit = device not in (None, "auto")
         dev = resolve_device(device)
+        source = sources.describe()
         if backend == "torch":
-            model, meta = _load_torch(path, weights, dev)
+            model, meta = _load_torch(sources, weights, dev)
             if channels_last if channels_last is not None else dev == "cpu":
                 model = _channels_last(model)
             return cls(model, meta, device=dev, backend="torch", tta=tta, min_sizes=min_sizes, batch=batch,
-                       source=str(path))
+                       source=source, min_sizes_at=min_sizes_at)
         from octseg.inference.export import export_bytes, onnx_meta
 
-        model, meta = _load_torch(path, weights, "cpu")
+        model, meta = _load_torch(sources, weights, "cpu")
         meta = onnx_meta(meta)
         session = _onnx_session(export_bytes(model, meta), dev, explicit)
-        return cls(_OnnxNet(session), meta, device="cpu", backend="onnx", tta=tta, min_sizes=min_sizes,
-                   batch=batch, source=str(path))
+        return cls(_OnnxNet(session, _is_log_probs(meta)), meta, device="cpu", backend="onnx", tta=tta,
+                   min_sizes=min_sizes, batch=batch, source=source, min_sizes_at=min_sizes_at)
+
+    @classmethod
+    def from_checkpoints(cls, paths, **kwargs) -> "Predictor":
+        """An ensemble of checkpoints and/or CV folders: :meth:`from_checkpoint` with a list."""
+        if isinstance(paths, (str, os.PathLike)):
+            paths = [paths]
+        return cls.from_checkpoint(list(paths), **kwargs)
 
     @classmethod
     def from_onnx(cls, path, device: str = "auto", tta: bool = False, min_sizes: Optional[Mapping] = None,
@@ -242,18 +315,37 @@ class Predictor:
         session = _onnx_session(path, dev, explicit)
         meta = read_onnx_meta(session)
         # pre/post-processing stays on the CPU: onnxruntime takes and returns host arrays
-        return cls(_OnnxNet(session), meta, device="cpu", backend="onnx", tta=tta, min_sizes=min_sizes,
-                   batch=batch, source=str(path))
+        return cls(_OnnxNet(session, _is_log_probs(meta)), meta, device="cpu", backend="onnx", tta=tta,
+                   min_sizes=min_sizes, batch=batch, source=str(path))
 
     # --- prediction
 
-    def predict(self, array) -> np.ndarray:
-        """Label map(s) uint8, (H, W) or (N, H, W) like the input, post-processed if ``min_sizes``."""
+    def _context_rows(self, n: int, slice_indices) -> Optional[np.ndarray]:
+        """(N, 2k+1) neighbour rows of a stack that is one volume; None for a 2-D model."""
+        if not self.context_slices:
+            return None
+        from octseg.data.context import context_rows
+
+        if slice_indices is not None and len(slice_indices) != n:
+            raise ConfigError(f"{len(slice_indices)} slice indices for {n} B-scans")
+        return context_rows(None, slice_indices, self.context_slices, n=n)
+
+    def _batch_u8(self, images: np.ndarray, rows: Optional[np.ndarray], sl: slice) -> np.ndarray:
+        """uint8 input of one batch: (b, H, W), or (b, 2k+1, H, W) for a 2.5D model."""
+        if rows is None:
+            return images[sl]
+        from octseg.data.context import stack_context
+
+        return stack_context(images, rows, np.arange(sl.start, sl.stop))
+
+    def predict(self, array, slice_indices=None) -> np.ndarray:
+        """Label map(s) uint8, (H, W) or (N, H, W) like the input, post-processed if ``min_sizes``.
+        (A 2.5D model: the stack is one volume, see the class doc.)"""
         images, single = to_uint8_stack(array)
-        labels = self.predict_u8(images)
+        labels = self.predict_u8(images, slice_indices=slice_indices)
         return labels[0] if single else labels
 
-    def predict_proba(self, array) -> np.ndarray:
+    def predict_proba(self, array, slice_indices=None) -> np.ndarray:
         """Class probabilities float32, (K, H, W) or (N, K, H, W); no post-processing."""
         import torch
 
@@ -262,11 +354,12 @@ class Predictor:
 
         images, single = to_uint8_stack(array)
         n, h, w = images.shape
+        rows = self._context_rows(n, slice_indices)
         out = np.empty((n, self.num_classes, h, w), dtype=np.float32)
         with torch.inference_mode():
             for sl in batched(n, self.batch):
-                x = to_model_input(torch.from_numpy(np.ascontiguousarray(images[sl])).to(self.device),
-                                   self.normalization)
+                x = to_model_input(torch.from_numpy(np.ascontiguousarray(self._batch_u8(images, rows, sl)))
+                                   .to(self.device), self.normalization)
                 x = resize_images(x, self.input_size)
                 p = predict_logits(self.net, x, self.tta).float().softmax(1)
                 if tuple(p.shape[-2:]) != (h, w):  # the mapping resize_labels uses
@@ -275,21 +368,24 @@ class Predictor:
         return out[0] if single else out
 
     def predict_u8(self, images: np.ndarray, progress: Optional[Callable[[int], object]] = None,
-                   confidence: Optional[np.ndarray] = None) -> np.ndarray:
+                   confidence: Optional[np.ndarray] = None, slice_indices=None) -> np.ndarray:
         """uint8 (N, H, W) -> uint8 labels (N, H, W); the hot path of ``octseg predict``.
 
         ``confidence``: optional float (N,) array filled with each B-scan's mean maximum softmax
-        probability at the model's input size (before ``min_sizes`` post-processing)."""
+        probability at the model's input size (before ``min_sizes`` post-processing).
+        A 2.5D model reads ``images`` as one volume (ordered by ``slice_indices`` when given)."""
         from octseg.inference.forward import batched, predict_labels
         from octseg.inference.postprocess import remove_small_components
 
+        rows = self._context_rows(len(images), slice_indices)
         out = np.empty(images.shape, dtype=np.uint8)
+        min_sizes = self.min_sizes_for(images.shape[-2:])  # a CV folder's: scaled to these B-scans' size
         for sl in batched(len(images), self.batch):
-            out[sl] = predict_labels(self.net, images[sl], self.normalization, self.input_size, batch=self.batch,
-                                     device=self.device, tta=self.tta,
+            out[sl] = predict_labels(self.net, self._batch_u8(images, rows, sl), self.normalization, self.input_size,
+                                     batch=self.batch, device=self.device, tta=self.tta,
                                      confidence=None if confidence is None else confidence[sl])
-            if self.min_sizes:
-                out[sl] = remove_small_components(out[sl], self.min_sizes)
+            if min_sizes:
+                out[sl] = remove_small_components(out[sl], min_sizes)
             if progress is not None:
                 progress(sl.stop - sl.start)
         return out

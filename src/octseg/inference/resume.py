@@ -1,7 +1,7 @@
 """``octseg predict --resume``: a journal of finished inputs, so a killed run continues where it stopped.
 
 Every ``octseg predict`` keeps ``manifest.jsonl`` in its record (``OUT/.octseg/``, or its shard's
-part record): a header line with the settings that shape the outputs (checkpoint and its sha256,
+part record): a header line with the settings that shape the outputs (checkpoint(s) and sha256,
 weights, TTA, minimum sizes, backend, mask format, input), then one line per input whose outputs
 are all in place, with the sha256 of every output file and the figures the input adds to
 ``fluid.csv`` and ``confidence.csv``. A line is appended only after the input's files were renamed
@@ -53,13 +53,21 @@ def input_stat(path) -> list:
 
 
 def run_settings(predictor, fmt, input_path) -> dict:
-    """What shapes a run's outputs; a resumed run must match it."""
-    src = str(getattr(predictor, "source", "") or "")
-    digest = sha256_file(src) if src and os.path.isfile(src) else None
+    """What shapes a run's outputs; a resumed run must match it (an ensemble: every member, in order)."""
     meta = getattr(predictor, "meta", {}) or {}
-    return {"checkpoint": os.path.abspath(src) if src else "", "checkpoint_sha256": digest,
+    src = str(getattr(predictor, "source", "") or "")
+    members = meta.get("members")
+    if members and not os.path.isfile(src):  # an ensemble of checkpoints (not an exported .onnx file)
+        ckpt = [m["checkpoint"] for m in members]
+        digest = [sha256_file(c) if os.path.isfile(c) else None for c in ckpt]
+    else:
+        digest = sha256_file(src) if src and os.path.isfile(src) else None
+        ckpt = os.path.abspath(src) if src else ""
+    return {"checkpoint": ckpt, "checkpoint_sha256": digest,
             "weights": meta.get("weights"), "tta": bool(predictor.tta), "backend": predictor.backend,
             "min_sizes": {str(k): int(v) for k, v in sorted((predictor.min_sizes or {}).items())},
+            # a CV folder's sizes count pixels at its at_size (scaled per B-scan); absent: output pixels
+            **({"min_sizes_at": list(at)} if (at := getattr(predictor, "min_sizes_at", None)) else {}),
             "format": fmt, "input": input_key(input_path), "classes": list(predictor.classes)}
 
 

@@ -254,6 +254,7 @@ def _do_images(run: PredictRun, predictor: Predictor, jobs: list[Job], root: Pat
     from octseg.overlay import overlay_image
 
     spacings = spacing_table(root if root.is_dir() else root.parent)
+    volume_wise = getattr(predictor, "context_slices", 0) > 0
     pending: list = []
     pending_jobs: list = []
 
@@ -262,7 +263,8 @@ def _do_images(run: PredictRun, predictor: Predictor, jobs: list[Job], root: Pat
             return
         conf = np.zeros(len(pending), np.float32)
         with run.timed("infer"):
-            labels = predictor.predict_u8(np.stack([b.image for b in pending]), progress=bar.update, confidence=conf)
+            labels = predictor.predict_u8(np.stack([b.image for b in pending]), progress=bar.update, confidence=conf,
+                                          slice_indices=[b.slice_index for b in pending] if volume_wise else None)
             counts = _class_pixels(labels, len(run.classes))
         for b, lab, cnt, cf, job in zip(pending, labels, counts, conf, pending_jobs):
             _begin_input(run)
@@ -310,7 +312,9 @@ def _do_images(run: PredictRun, predictor: Predictor, jobs: list[Job], root: Pat
             run.failures.append((str(job.path), f"cannot read ({type(exc).__name__}: {exc})"))
             bar.update(1)
             continue
-        if pending and (pending[0].image.shape != b.image.shape or len(pending) >= predictor.batch):
+        # a 2.5D model predicts a volume's B-scans together (its neighbours), in runs of consecutive files
+        if pending and (pending[0].image.shape != b.image.shape or (
+                pending[0].volume != b.volume if volume_wise else len(pending) >= predictor.batch)):
             flush()
         pending.append(b)
         pending_jobs.append(job)
@@ -415,14 +419,15 @@ def format_summary(run: PredictRun, predictor: Predictor) -> str:
     return "\n".join(lines)
 
 
-def claim_output(out, src, overwrite: bool = False, shard=None, resume: bool = False) -> OutputFolder:
+def claim_output(out, src, overwrite: bool = False, shard=None, resume: bool = False, models=()) -> OutputFolder:
     """OUT as octseg predict's folder: never the input, never over a user's files, one run at a time
     (or, with a ``shard``, the shards of one run side by side: :mod:`octseg.inference.shards`);
-    ``resume`` continues an earlier (killed) predict's output there instead of refusing it."""
+    ``resume`` continues an earlier (killed) predict's output there instead of refusing it.
+    ``models``: the checkpoints, CV folders or ONNX file, protected like the input."""
     if resume and overwrite:
         raise ConfigError("--resume continues an earlier prediction and --overwrite replaces it: give one of them")
-    return OutputFolder(Path(out), "predict", overwrite=overwrite, reuse=resume, protect=[Path(src)],
-                        part=None if shard is None else shard.part)
+    return OutputFolder(Path(out), "predict", overwrite=overwrite, reuse=resume,
+                        protect=[Path(src), *(Path(m) for m in models)], part=None if shard is None else shard.part)
 
 
 def predict_path(predictor: Predictor, input, out, fmt: Optional[str] = None, progress: bool = True,

@@ -379,7 +379,7 @@ class OutputFolder:
             raise DataError(self.path, _foreign_message(foreign))
         mine = self.part
         earlier: dict[str, Path] = {}  # description -> record folder
-        top_info = _read_json(self.record / "run.json")
+        top_info = read_json_object(self.record / "run.json")
         if top and top_info is not None and not (mine is None and self.reuse):
             earlier[f"octseg {top_info.get('command')} ({top_info.get('started', '?')})"] = self.record
         for (group, name), rec in parts.items() if not (mine is None and self.reuse) else ():
@@ -522,7 +522,8 @@ class OutputFolder:
         self._unlock()
 
 
-def _read_json(path: Path) -> Optional[dict]:
+def read_json_object(path: Path) -> Optional[dict]:
+    """A JSON object from ``path``, or None when the file is missing, unreadable or not an object."""
     try:
         doc = json.loads(path.read_text())
     except (OSError, ValueError):

@@ -23,7 +23,7 @@ __all__ = ["score_networks"]
 def score_networks(networks: Mapping[str, nn.Module], meta: dict, images: np.ndarray, gt: np.ndarray, *,
                    volumes=None, vendors=None, class_names: Optional[Sequence[str]] = None, device="cpu",
                    batch: int = 16, tta: bool = False, tables: Union[bool, str] = False,
-                   return_predictions: bool = False) -> Union[dict, tuple[dict, dict]]:
+                   return_predictions: bool = False, slice_indices=None) -> Union[dict, tuple[dict, dict]]:
     """:func:`~octseg.metrics.report.segmentation_report` of each network's predictions.
 
     ``networks``/``meta``: as :func:`octseg.checkpoint.load_networks` returns them (name ->
@@ -33,13 +33,19 @@ def score_networks(networks: Mapping[str, nn.Module], meta: dict, images: np.nda
     ``vendors``: one per B-scan or one for all; vendors that are all empty or None count
     as unknown (no ``by_vendor``). ``class_names`` overrides ``meta["classes"]`` (same count).
     ``device``/``batch``/``tta``: passed to ``predict_labels``.
+    A 2.5D checkpoint (``context_slices`` k > 0) takes ``images`` already stacked (N, 2k+1, H, W)
+    (e.g. :meth:`octseg.training.data.TrainData.stacked`, neighbours from the whole dataset), or
+    (N, H, W), whose neighbours are then gathered among these B-scans by ``volumes`` (one id per
+    B-scan; one id or None: one volume) in the order of ``slice_indices`` (None: as given).
     ``tables``: False (none), True (per-B-scan and per-volume tables) or "per_volume"
     (the per-volume table only, as training's metrics.json stores).
 
     Returns name -> report, in the order of ``networks``; with ``return_predictions``,
     ``(reports, predictions)`` where predictions maps name -> uint8 (N, h, w) label maps.
     """
+    from octseg.checkpoint import context_slices
     from octseg.inference import predict_labels
+    from octseg.inference.forward import model_input_stack
 
     if tables not in (True, False, "per_volume"):
         raise ValueError(f"tables must be True, False or 'per_volume', got {tables!r}")
@@ -49,6 +55,10 @@ def score_networks(networks: Mapping[str, nn.Module], meta: dict, images: np.nda
     gt = np.asarray(gt)
     if vendors is not None and not isinstance(vendors, str) and not any(vendors):
         vendors = None
+    k = context_slices(meta)
+    if k > 0 or np.ndim(images) == 4:
+        images = model_input_stack(images, k, None if isinstance(volumes, str) else volumes, slice_indices,
+                                   "score_networks images")
     reports, predictions = {}, {}
     for name, net in networks.items():
         pred = predict_labels(net, images, meta["normalization"], meta["input_size"], batch=batch, device=device,

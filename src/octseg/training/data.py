@@ -12,12 +12,14 @@ import math
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from octseg.config import Config
+from octseg.data.context import context_rows, stack_context
 from octseg.data.prepared import PreparedDataset
 from octseg.errors import ConfigError, DataError
 
@@ -35,6 +37,17 @@ class TrainData:
     dataset_path: str
     volumes: list  # volume id per row
     vendors: list  # vendor per row
+    slice_indices: Optional[list] = None  # slice index per row (the order of a volume's B-scans)
+    #: 2.5D input: int64 (N, 2k+1) rows of each row's B-scan and its neighbours
+    #: (:func:`octseg.data.context.context_rows`); None for 2-D input
+    context: Optional[np.ndarray] = None
+
+    def stacked(self, rows) -> np.ndarray:
+        """uint8 images of ``rows``: (n, H, W), or (n, 2k+1, H, W) with 2.5D input."""
+        rows = np.asarray(rows, dtype=np.int64)
+        if self.context is None:
+            return np.asarray(self.images[rows]).reshape(len(rows), *self.images.shape[1:])
+        return stack_context(self.images, self.context, rows)
 
 
 def _split_name(cfg: Config) -> str:
@@ -79,6 +92,7 @@ def load_train_data(cfg: Config) -> TrainData:
     masks = np.asarray(ds.masks) if cfg.data.in_memory else ds.masks
     volumes = [s.volume for s in ds.slices]
     vendors = [s.vendor for s in ds.slices]
+    slice_indices = [s.slice_index for s in ds.slices]
     if cfg.data.extra_unlabelled:
         extra_imgs = []
         for extra in cfg.data.extra_unlabelled:
@@ -86,8 +100,10 @@ def load_train_data(cfg: Config) -> TrainData:
             if e.size != ds.size:
                 raise DataError(e.path, f"extra unlabelled data is {e.size}, the training data {ds.size}")
             extra_imgs.append(np.asarray(e.images))
-            volumes += [f"extra:{s.volume}" for s in e.slices]
+            tag = "extra" if len(extra_imgs) == 1 else f"extra{len(extra_imgs)}"  # pools never share a volume
+            volumes += [f"{tag}:{s.volume}" for s in e.slices]
             vendors += [s.vendor for s in e.slices]
+            slice_indices += [s.slice_index for s in e.slices]
         n0 = len(images)
         images = np.concatenate([np.asarray(images)] + extra_imgs)
         n_extra = len(images) - n0
@@ -98,7 +114,10 @@ def load_train_data(cfg: Config) -> TrainData:
         raise DataError(ds.path, f"split {name!r} has no labelled B-scans to train on")
     if len(parts.get("val", ())) == 0:
         raise DataError(ds.path, f"split {name!r} has no validation B-scans (set data.val > 0)")
-    return TrainData(images, masks, parts, ds.classes, ds.size, split, str(ds.path), volumes, vendors)
+    k = cfg.model.context_slices
+    context = context_rows(volumes, slice_indices, k) if k > 0 else None
+    return TrainData(images, masks, parts, ds.classes, ds.size, split, str(ds.path), volumes, vendors, slice_indices,
+                     context)
 
 
 def _note_named_split(split: dict, cfg: Config) -> None:
@@ -192,7 +211,7 @@ class StepDataset(Dataset):
     """Maps a sampler key (labelled positions, unlabelled positions) to one uint8 batch."""
 
     def __init__(self, data: TrainData):
-        self.images, self.masks = data.images, data.masks
+        self.data, self.masks = data, data.masks
         self.lab_rows, self.unl_rows = data.parts["labelled"], data.parts.get("unlabelled", np.zeros(0, np.int64))
 
     def __len__(self):
@@ -201,10 +220,10 @@ class StepDataset(Dataset):
     def __getitem__(self, key):
         lab, unl = key
         rl, ru = self.lab_rows[lab], self.unl_rows[unl]
-        return {
-            "x_l": torch.from_numpy(np.asarray(self.images[rl])),
+        return {  # images (n, H, W), or (n, 2k+1, H, W) with 2.5D input; labels of the centre B-scans
+            "x_l": torch.from_numpy(self.data.stacked(rl)),
             "y_l": torch.from_numpy(np.asarray(self.masks[rl])),
-            "x_u": torch.from_numpy(np.asarray(self.images[ru]).reshape(len(ru), *self.images.shape[1:])),
+            "x_u": torch.from_numpy(self.data.stacked(ru)),
         }
 
 
@@ -217,11 +236,11 @@ class EvalDataset(Dataset):
         if world > 1 and len(rows) < world:
             raise ConfigError(f"{len(rows)} {part} B-scan(s) for {world} processes: each process needs at least one "
                               f"(raise data.{part} or use fewer devices)")
-        self.images, self.masks, self.rows, self.batch = data.images, data.masks, rows[rank::world], batch
+        self.data, self.masks, self.rows, self.batch = data, data.masks, rows[rank::world], batch
 
     def __len__(self):
         return math.ceil(len(self.rows) / self.batch)
 
     def __getitem__(self, i):
         r = self.rows[i * self.batch:(i + 1) * self.batch]
-        return {"x": torch.from_numpy(np.asarray(self.images[r])), "y": torch.from_numpy(np.asarray(self.masks[r]))}
+        return {"x": torch.from_numpy(self.data.stacked(r)), "y": torch.from_numpy(np.asarray(self.masks[r]))}

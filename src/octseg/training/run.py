@@ -68,7 +68,10 @@ def _check_resume_config(cfg: Config, run_dir: Path) -> None:
             continue  # longer training or another device is a legitimate reason to resume
         old = saved.get(section)
         if isinstance(values, dict):
-            diffs += [f"{section}.{k}: {old.get(k)!r} -> {v!r}" for k, v in values.items() if (old or {}).get(k) != v]
+            # a key added since the run started (model.context_slices) reads as its default
+            born = {"model": {"context_slices": 0}}.get(section, {})
+            diffs += [f"{section}.{k}: {(old or {}).get(k)!r} -> {v!r}" for k, v in values.items()
+                      if (old or {}).get(k, born.get(k)) != v]
         elif old != values:
             diffs.append(f"{section}: {old!r} -> {values!r}")
     if diffs:
@@ -163,7 +166,8 @@ def evaluate_networks(ckpt_path: Path, data: TrainData, part: str = "val", devic
 
     nets, meta = load_networks(ckpt_path, device)
     rows = data.parts[part]
-    return score_networks(nets, meta, np.asarray(data.images[rows]), np.asarray(data.masks[rows]),
+    # (2.5D: the neighbours come from the whole dataset, not only from this part's B-scans)
+    return score_networks(nets, meta, data.stacked(rows), np.asarray(data.masks[rows]),
                           volumes=[data.volumes[r] for r in rows], vendors=[data.vendors[r] for r in rows],
                           device=device, batch=batch, tables="per_volume")
 
@@ -261,6 +265,8 @@ def _train(cfg: Config, run_dir: Path, resume: bool, extra_callbacks) -> TrainRe
                 print(f"training {cfg.method.name} ({cfg.model.arch}-{cfg.model.encoder}) on {n_lab} labelled + "
                   f"{n_unl} unlabelled B-scans, validating on {len(data.parts['val'])}; {steps} steps/epoch, "
                   f"input {input_size[0]}x{input_size[1]}, classes {list(data.classes)}"
+                  + (f"; 2.5D input: each B-scan with {cfg.model.context_slices} neighbour(s) on each side"
+                     if cfg.model.context_slices else "")
                   + (f"; {trainer.world_size} processes, each its own B-scans" if trainer.world_size > 1 else ""))
         t0 = time.time()
         trainer.fit(module, train_loader, val_loader, ckpt_path=str(last) if resume else None)
