@@ -1,5 +1,5 @@
 """Cross-validation on Duke DME: single model vs fold ensemble, TTA off/on, from scratch vs a
-pretrained encoder, with ``octseg.training.cv`` (what ``octseg cv`` runs).
+pretrained encoder, with ``octseg.cv`` (what ``octseg cv`` runs).
 
 Data (``--shared``, default ``<repo>/../shared/data``; the benchmark skips, exit 0, without it):
 ``duke-dme-train`` (55 annotated B-scans, subjects S01-S05, 0 = background, 1 = fluid).
@@ -138,7 +138,7 @@ def main(argv=None) -> int:
     from octseg.config import load_config
     from octseg.data.prepare import ensure_prepared
     from octseg.inference.predictor import resolve_device
-    from octseg.training.cv import run_cv
+    from octseg.cv import run_cv
 
     sfx = "_quick" if q else ""
     out_json = args.out or REPO / "benchmarks" / "results" / f"duke_cv{sfx}.json"

@@ -95,7 +95,7 @@ def cmd_train(a) -> int:
 
 def cmd_cv(a) -> int:
     from octseg.config import load_config
-    from octseg.training.cv import run_cv
+    from octseg.cv import run_cv
 
     cfg = load_config(a.config, a.overrides)
     out = a.out if a.out is not None else Path("runs") / f"{cfg.name}-cv{a.folds}"

@@ -147,7 +147,7 @@ def test_cv_resume_reruns_only_the_fold_without_metrics(cv_run, tmp_path, capsys
 
 
 def test_cv_plan_select_last_and_bad_fold_counts(cv_prepared):
-    from octseg.training.cv import plan_cv
+    from octseg.cv import plan_cv
 
     cfg = load_config("demo_cpu", _overrides(cv_prepared))
     ds = PreparedDataset(cv_prepared)
