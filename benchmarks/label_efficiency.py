@@ -1,7 +1,7 @@
 """Label efficiency on synthetic OCT: does semi-supervision pay at 1 and 2 labelled volumes?
 
 Data: the synthetic RETOUCH-like generator (``octseg.data.synthetic``), 72 volumes x 6 B-scans at
-scale 0.5 (24 per vendor style), generator seed fixed (0), prepared at 128x128: the same bytes in
+scale 0.5 (24 per vendor style), generator seed fixed (0), prepared at 96x96: the same bytes in
 every run. Fixed held-out volumes shared by every run: 9 validation and 15 test volumes (3 + 5 per
 vendor, drawn once with a fixed seed); the other 48 volumes train.
 
@@ -22,12 +22,12 @@ Methods (``--methods``, default every method of ``octseg.methods.METHODS`` plus
 BETTER of the two supervised baselines of its regime, chosen on the validation mean foreground
 Dice (mean over seeds), never on test.
 
-Recipe: ``configs/demo_cpu.yaml`` (U-Net ResNet18 from scratch, dice+CE, AdamW 1e-3 cosine, batch
-4 labelled + 4 unlabelled, EMA 0.99, consistency weight 1) with a lighter network (``MODEL``: timm's
-ResNet10-T encoder, decoder channels 64-32-16-8-4; a training step costs ~0.3x the recipe's, measured
-at batch 4 and 8 on 2 cores) with ``--epochs`` x ``--steps-per-epoch``
-steps (default 5 x 20 = 100, what the 3-hour budget allows on 2 CPU cores; Mean Teacher's
-consistency ramp-up is a quarter of the epochs).
+Recipe: ``configs/demo_cpu.yaml`` (U-Net ResNet18 from scratch, decoder 256-128-64-32-16, dice+CE,
+AdamW 1e-3 cosine, batch 4 labelled + 4 unlabelled (``PINNED``), EMA 0.99, consistency weight 1) at
+96x96, with ``--epochs`` x ``--steps-per-epoch`` steps (default 10 x 30 = 300; Mean Teacher's
+consistency ramp-up is a quarter of the epochs). ``MODEL`` overrides the network (empty: the
+recipe's; the light ResNet10-T network used before underfitted, see the comment there; its figures
+are in ``results/label_efficiency_lightnet.json``).
 Checkpoint: ``best.ckpt``, selected on the validation volumes; the network scored is the
 checkpoint's default (the teacher for mean_teacher and bcp). Scores: Dice of hard label maps pooled
 over the test (and validation) B-scans, per class and the mean over the three fluid classes ("mean
@@ -42,11 +42,12 @@ the rise over that quarter. Targets (printed with the measured figures): best se
 method (chosen on validation) >= best supervised + 0.05 with the 95 % interval above 0 at 1v and
 2v; Mean Teacher above supervised; stretch: best method at 1v >= 90 % of "all labelled".
 
-Time on 2 CPU cores (AMD EPYC without bf16, so float32): the light network's supervised step takes
-about 0.35 s alone; the semi-supervised methods cost 2.2-4.4 times that (``SEC_PER_STEP``, scaled
-from side-by-side 40-step runs of the ResNet18 recipe). The default plan (3 regimes x 3 seeds x 8
-methods + 3 reference runs = 75 runs of 300 steps) is estimated at about 6 h (``estimate_seconds``,
-printed at the start), over the 3-hour budget; ``--regimes 1v`` (27 runs) at about 2 h. Three
+Time on 2 CPU cores (AMD EPYC without bf16, so float32): the supervised step takes about 0.41 s
+alone at 96x96 (measured in ``octseg demo``); the semi-supervised methods cost 2.2-4.4 times that
+(``SEC_PER_STEP``, scaled from side-by-side 40-step runs of the ResNet18 recipe). The s/step column of
+a run on a busy machine is that run's wall time per step, not the method's cost. The default plan (3 regimes x 3 seeds x 8
+methods + 3 reference runs = 75 runs of 300 steps) is estimated at about 7 h (``estimate_seconds``,
+printed at the start), over the 3-hour budget; ``--regimes 1v`` (24 runs) at about 2.3 h. Three
 processes of one thread each, one per seed, share 2 cores better than one of two threads; runs
 of several processes on one workdir are safe once the first has prepared the data (start it
 first). ``--quick`` (1 seed, 1v and 2v, 4 methods, 9 runs of 2 x 3 steps on 24 volumes) takes about
@@ -77,11 +78,15 @@ from benchmarks._common import (SUPERVISED, all_methods, ci_text, fmt, mean_sd, 
                                 save_split, spread, write_results)
 
 RECIPE = "demo_cpu"
-# A light U-Net (timm ResNet10-T encoder, decoder 64-32-16-8-4): a training step costs ~0.3x the recipe's
-# ResNet18 / 256-...-16 one on a CPU, so runs can be long enough for supervised training to level off.
-MODEL = ["model.encoder=tu-resnet10t", "model.decoder_channels=[64,32,16,8,4]"]
+# The recipe's network (U-Net ResNet18, decoder 256-...-16) at 96x96. Lighter networks were measured and
+# dropped: timm ResNet10-T with decoder 64-...-4 (0.3x the step time) reached only 0.20 mean foreground Dice with
+# every training volume labelled, and ResNet18 with decoder 128-...-8 learnt no SRF/PED in 200 steps (0.29)
+# where the full decoder reached 0.72 at 96x96 on the demo's data.
+MODEL: list = []
+# Pinned where the demo recipe was trimmed for the demo's time budget after these runs (4 unlabelled B-scans per step).
+PINNED = ["data.unlabelled_batch=4"]
 SYNTH = dict(volumes=72, slices=6, scale=0.5, fluid_free_fraction=0.1)
-SIZE = (128, 128)
+SIZE = (96, 96)
 DATA_SEED = 0          # the generator's seed: the data never changes between runs
 HELDOUT_SEED = 12345   # draws the validation and test volumes, once
 N_VAL, N_TEST = 9, 15  # volumes (divisible by the 3 vendor styles)
@@ -94,11 +99,11 @@ PLATEAU = 0.01         # rise of validation Dice over the last quarter below whi
 QUICK = {"volumes": 24, "n_val": 3, "n_test": 6, "epochs": 2, "steps_per_epoch": 3,
          "regimes": ["1v", "2v"], "seeds": [0],
          "methods": ["supervised", "supervised_strong", "fixmatch", "mean_teacher"]}
-# For the time estimate: seconds per training step on 2 idle cores (AMD EPYC, float32; 128x128, batch 4 + 4):
-# the light network's supervised step (0.35 s), the others scaled by the ratios of side-by-side 40-step runs of
+# For the time estimate: seconds per training step on 2 idle cores (AMD EPYC, float32; 96x96, batch 4 + 4):
+# the ResNet18 U-Net's supervised step (0.41 s, measured in octseg demo), the others scaled by the ratios of side-by-side 40-step runs of
 # the ResNet18 recipe; per-run fixed cost (start-up, scoring) and cost per epoch (validation, checkpoints).
-SEC_PER_STEP = {"supervised": 0.35, "supervised_strong": 0.35, "mean_teacher": 0.82, "fixmatch": 0.77,
-                "fixmatch_t0.8": 0.77, "unimatch": 1.29, "cps": 1.54, "bcp": 0.97}
+SEC_PER_STEP = {"supervised": 0.41, "supervised_strong": 0.41, "mean_teacher": 0.96, "fixmatch": 0.90,
+                "fixmatch_t0.8": 0.90, "unimatch": 1.51, "cps": 1.80, "bcp": 1.14}
 RUN_S, EPOCH_S = 8.0, 4.0
 
 
@@ -298,7 +303,7 @@ def run_config(ds, split: str, method: list, seed: int, epochs: int, steps: int,
     """The recipe of one run: the same for every method but for ``method`` (its overrides)."""
     from octseg.config import load_config
 
-    return load_config(RECIPE, [f"data.path={ds.path}", f"data.split={split}", *MODEL, *method, f"seed={seed}",
+    return load_config(RECIPE, [f"data.path={ds.path}", f"data.split={split}", *MODEL, *PINNED, *method, f"seed={seed}",
                                 f"trainer.max_epochs={epochs}", f"trainer.steps_per_epoch={steps}",
                                 "trainer.progress=false", f"name={name}",
                                 f"method.mean_teacher.consistency_rampup_epochs={max(1, round(epochs / 4))}", *extra])

@@ -2,7 +2,7 @@
 
 Everything runs on CPU within minutes, from nothing but this package: the synthetic generator
 makes a small RETOUCH-like dataset (48 volumes of 6 B-scans, three vendor styles), which is
-prepared at 128x128 and split by volume (labelled / unlabelled / validation / test). Both methods
+prepared at 96x96 and split by volume (labelled / unlabelled / validation / test). Both methods
 train from the recipe ``configs/demo_cpu.yaml`` with the same seed and labelled subset; both are
 scored with hard label maps on the test volumes they never saw.
 """
@@ -20,7 +20,7 @@ import numpy as np
 from octseg.config import load_config
 
 SYNTH = dict(volumes=48, slices=6, scale=0.5, fluid_free_fraction=0.1)
-SIZE = (128, 128)
+SIZE = (96, 96)
 METHODS = ("supervised", "mean_teacher")
 #: A seconds-long version of the same pipeline, for tests (`run_demo(..., quick=True)`).
 QUICK_SYNTH = dict(volumes=12, slices=2, scale=0.2, fluid_free_fraction=0.0)
