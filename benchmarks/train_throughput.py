@@ -12,8 +12,8 @@ machine, interleaved round by round so that any drift in machine load hits all a
   channels-last), once in float32 (same arithmetic as the original project) and once with
   ``precision: auto`` (bf16 mixed precision where the CPU does bf16 natively; skipped where auto is
   float32);
-* the demo's step (recipe ``configs/demo_cpu.yaml``: U-Net ResNet18 at 128x128, 4 labelled +
-  4 unlabelled), Mean Teacher and supervised, in float32 and with ``precision: auto``.
+* the demo's step (recipe ``configs/demo_cpu.yaml`` at the demo's size, ``octseg.demo.SIZE``: U-Net
+  ResNet18 at 96x96, 4 labelled + 2 unlabelled), Mean Teacher and supervised, in float32 and with ``precision: auto``.
 
 Each step's FLOPs (forward + backward convolutions and matmuls, ``torch.utils.flop_counter``) are
 counted once on an untimed warm-up step; achieved FLOP/s = FLOPs / median step time, set against
@@ -44,6 +44,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from benchmarks import _speed as S  # noqa: E402
 from benchmarks._common import print_table, quiet_lightning, write_results  # noqa: E402
+from octseg.demo import SIZE as DEMO_SIZE  # noqa: E402
 
 TARGET = 1.3  # octseg's ResNet50 step vs the original loop, steps/s
 ORIGINAL = "original loop (fp32)"
@@ -54,7 +55,7 @@ def plan(a, auto: str) -> list[dict]:
     compiled variant shares (compiling changes the kernels, not the arithmetic)."""
     quick = a.quick
     r50 = S.MODELS["tiny"] if quick else S.MODELS["resnet50"]
-    size_r50, size_demo = (32, 32) if quick else (256, 128)
+    size_r50, size_demo = (32, 32) if quick else (256, DEMO_SIZE[0])
     # the CPU's figures even where a GPU is present; tiny network and images for the smoke test
     common = ["trainer.accelerator=cpu"]
     if quick:
@@ -210,7 +211,7 @@ def measure(a, auto: str, work: Path, peak_n: int, out_path: Path, threads: list
     tag = "QUICK SMOKE TEST (tiny sizes, 1 step; not results): " if a.quick else ""
     r50, r18 = ("ResNet10T", "ResNet10T") if a.quick else ("ResNet50", "ResNet18")
     print(f"\n{tag}original: UNet-{r50} {size_label(variants, 'original')}, 1 labelled + 5 unlabelled; demo: "
-          f"configs/demo_cpu.yaml (UNet-{r18} {size_label(variants, 'demo')}, 4 + 4); median over "
+          f"configs/demo_cpu.yaml (UNet-{r18} {size_label(variants, 'demo')}, 4 + 2); median over "
           f"{a.rounds * a.steps} interleaved steps each; precision auto -> {auto}")
     print_table(["group", "loop", "threads", "precision", "s/step", "steps/s", "vs original", "GFLOP/step",
                  "GFLOP/s", "% fp32 peak"], rows)
