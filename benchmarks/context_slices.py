@@ -6,14 +6,13 @@ segmented may tell a cyst from speckle (``model.context_slices``, :mod:`octseg.d
 Data: the synthetic RETOUCH-like generator (``octseg.data.synthetic``), 30 volumes x 8 B-scans at
 scale 0.5 (10 per vendor style; the generator keeps each vendor's slice spacing, so the 8 B-scans
 are neighbours around the fovea and fluid blobs continue across them), generator seed fixed (0),
-prepared at 128x128. Fixed held-out volumes shared by every run: 3 validation and 9 test volumes
+prepared at 96x96. Fixed held-out volumes shared by every run: 3 validation and 9 test volumes
 (1 + 3 per vendor, drawn once with a fixed seed); the other 18 volumes train, all labelled.
 
-Runs: ``supervised`` with 2-D input (k = 0) and 2.5D input (k = 1, and k = 2 unless ``--ks``
-says otherwise), each with the same seeds (default 0 1 2): the run seed (initialisation, batch
+Runs: ``supervised`` with 2-D input (k = 0) and 2.5D input (k = 1; ``--ks 0 1 2`` adds k = 2), each with the same seeds (default 0 1 2): the run seed (initialisation, batch
 order, augmentation) is the same for every k, so the runs are paired by seed. Recipe:
-``configs/demo_cpu.yaml`` with the light network of ``benchmarks/label_efficiency.py`` (timm
-ResNet10-T encoder, decoder 64-32-16-8-4), ``--epochs`` x ``--steps-per-epoch`` (default 8 x 30 =
+``configs/demo_cpu.yaml`` and its ResNet18 U-Net (the light network that label_efficiency.py used
+first underfits), ``--epochs`` x ``--steps-per-epoch`` (default 8 x 30 =
 240 steps). The checkpoint scored is ``best.ckpt`` (chosen on validation); scores are Dice of hard
 label maps pooled over the test B-scans, per class (IRF, SRF, PED) and their mean, the test
 B-scans' neighbours taken from their volumes as in training.
@@ -21,12 +20,12 @@ B-scans' neighbours taken from their volumes as in training.
 Statistics: mean ± sd (ddof = 1) over seeds per k; the paired per-seed difference k − 0 per class
 and for the mean, with its 95 % t-interval (df = n_seeds − 1).
 
-Time on 2 CPU cores (float32): about 0.35 s per step, so 9 runs of 240 steps plus validation and
-scoring take about 20-25 min (printed at the start). Finished run folders are reused.
+Time on 2 CPU cores (float32): 6 runs of 240 steps plus validation and scoring, estimated at the
+start from ``SEC_PER_STEP``. Finished run folders are reused.
 ``--quick`` (9 small volumes at 64x64, k 0 and 1, one seed, 2 x 2 steps) is a smoke test of a
 few seconds.
 
-    python benchmarks/context_slices.py            # the comparison (about 25 min on 2 cores)
+    python benchmarks/context_slices.py            # the comparison (6 runs of 240 steps)
     python benchmarks/context_slices.py --quick    # smoke run, writes context_slices_quick.json
 """
 
@@ -51,7 +50,7 @@ FULL = {"volumes": 30, "slices": 8, "scale": 0.5, "size": (96, 96), "n_val": 3, 
         "steps": 30, "seeds": [0, 1, 2], "ks": [0, 1]}
 QUICK = {"volumes": 9, "slices": 4, "scale": 0.2, "size": (64, 64), "n_val": 3, "n_test": 3, "epochs": 2,
          "steps": 2, "seeds": [0], "ks": [0, 1]}
-SEC_PER_STEP, RUN_S, EPOCH_S = 0.7, 10.0, 4.0  # 2 cores, float32, ResNet18 U-Net at 96x96, batch 4 (measured)
+SEC_PER_STEP, RUN_S, EPOCH_S = 0.45, 10.0, 4.0  # 2 idle cores, float32, ResNet18 U-Net at 96x96, batch 4 (demo: 0.41 s)
 
 
 def prepare(workdir: Path, plan: dict):
@@ -116,7 +115,7 @@ def main(argv=None) -> int:
     ap.add_argument("--workdir", type=Path, default=None,
                     help="data and run folders (default runs/bench-context-slices[-quick])")
     ap.add_argument("--seeds", type=int, nargs="+", default=None, help="default 0 1 2")
-    ap.add_argument("--ks", type=int, nargs="+", default=None, help="context slices to compare (default 0 1 2)")
+    ap.add_argument("--ks", type=int, nargs="+", default=None, help="context slices to compare (default 0 1)")
     ap.add_argument("--epochs", type=int, default=None)
     ap.add_argument("--steps-per-epoch", type=int, default=None)
     ap.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2)")
