@@ -68,7 +68,7 @@ def fluid_dice(gt: np.ndarray, pred: np.ndarray) -> float:
 def score_subject(cv_dir: Path, cv: dict, images: np.ndarray, gt: np.ndarray, train_size, device: str) -> dict:
     """Fluid Dice on the held-back subject of every inner model, of their ensemble, TTA off/on."""
     from octseg.checkpoint import load_network
-    from octseg.inference.postprocess import remove_small_components
+    from octseg.inference.postprocess import remove_small_components, scale_min_sizes
     from octseg.inference.predictor import Predictor
 
     members = [load_network(cv_dir / c, device=device) for c in cv["checkpoints"]]
@@ -82,8 +82,8 @@ def score_subject(cv_dir: Path, cv: dict, images: np.ndarray, gt: np.ndarray, tr
         out["single_members" + sfx] = single
         out["ensemble" + sfx] = fluid_dice(gt, ens)
         if tta:
-            scale = gt.shape[1] * gt.shape[2] / (train_size[0] * train_size[1])  # training pixels -> native pixels
-            sizes = {int(c): max(1, round(s * scale)) for c, s in cv["postprocessing"]["min_sizes"].items()}
+            sizes = scale_min_sizes({int(c): s for c, s in cv["postprocessing"]["min_sizes"].items()},
+                                    train_size, gt.shape)  # training pixels -> native pixels
             out["ensemble_tta_pp"] = fluid_dice(gt, remove_small_components(ens, sizes)) if sizes else out[
                 "ensemble_tta"]
             out["min_sizes_native"] = sizes
