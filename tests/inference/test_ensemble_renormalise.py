@@ -138,3 +138,40 @@ def test_evaluate_scales_a_cv_folders_min_sizes_to_the_scored_size(ckpts, tmp_pa
         if key == "cv":
             assert rep["header"]["min_sizes"] == {"IRF": 500} and rep["header"]["min_sizes_at"] == [32, 32]
     assert scores["cv"] == scores["scaled"] and scores["cv"] != scores["plain"]
+
+
+def test_an_exported_cv_folder_carries_its_postprocessing_into_onnx(ckpts, tmp_path):
+    """The min_sizes a CV chose (and their at_size) travel in the ONNX metadata and apply there as they
+    do on the CV folder; --min-size still overrides; malformed metadata is refused naming the file."""
+    onnx = pytest.importorskip("onnx")
+    pytest.importorskip("onnxruntime")
+    from octseg.inference.export import META_KEY, export_onnx
+
+    a, _ = ckpts
+    cv = tmp_path / "cv"
+    (cv / "fold_0" / "checkpoints").mkdir(parents=True)
+    (cv / "fold_0" / "checkpoints" / "best.ckpt").write_bytes(Path(a).read_bytes())
+    (cv / "cv.json").write_text(json.dumps({
+        "format": 1, "classes": ["background", "IRF", "SRF", "PED"], "checkpoints": ["fold_0/checkpoints/best.ckpt"],
+        "postprocessing": {"min_sizes": {"1": 60, "2": 60}, "at_size": [32, 32]}}))
+    out = export_onnx(cv, tmp_path / "cv.onnx")
+    p = Predictor.from_checkpoint(out, device="cpu", backend="onnx")
+    assert p.min_sizes == {1: 60, 2: 60} and p.min_sizes_at == (32, 32)
+    x = _images(2, (48, 80), seed=5)
+    torch_cv = Predictor.from_checkpoint(cv, device="cpu")
+    assert torch_cv.min_sizes_for((48, 80)) == p.min_sizes_for((48, 80)) == {1: 225, 2: 225}
+    np.testing.assert_array_equal(p.predict(x), torch_cv.predict(x))
+    raw = Predictor.from_onnx(out, device="cpu", min_sizes={})
+    assert raw.min_sizes == {} and np.array_equal(raw.predict(x), Predictor.from_checkpoint(a, device="cpu").predict(x))
+    assert not np.array_equal(raw.predict(x), p.predict(x))  # the post-processing removed components
+    # a plain checkpoint exports without post-processing
+    assert "postprocessing" not in json.loads(
+        {q.key: q.value for q in onnx.load(str(export_onnx(a, tmp_path / "a.onnx"))).metadata_props}[META_KEY])
+    proto = onnx.load(str(out))
+    entry = next(q for q in proto.metadata_props if q.key == META_KEY)
+    meta = json.loads(entry.value)
+    meta["postprocessing"]["min_sizes"]["1"] = -3
+    entry.value = json.dumps(meta)
+    onnx.save(proto, str(tmp_path / "bad.onnx"))
+    with pytest.raises(CheckpointError, match=r"bad\.onnx: 'postprocessing\.min_sizes' must map"):
+        Predictor.from_onnx(tmp_path / "bad.onnx", device="cpu")

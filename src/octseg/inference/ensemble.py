@@ -97,20 +97,26 @@ def read_cv_folder(folder: PathLike) -> CvFolder:
     classes = doc.get("classes")
     if classes is not None and not (isinstance(classes, list) and all(isinstance(c, str) for c in classes)):
         raise CheckpointError(f"{path}: 'classes' must be a list of class names, found {classes!r}")
-    post = doc.get("postprocessing") or {}
+    sizes, at_size = parse_postprocessing(doc.get("postprocessing"), path)
+    return CvFolder(folder, tuple(checkpoints), None if classes is None else tuple(classes), sizes, at_size)
+
+
+def parse_postprocessing(post, where) -> tuple[dict[str, int], Optional[tuple[int, int]]]:
+    """``{"min_sizes": {"<class index>": pixels}, "at_size": [H, W]}`` (as ``cv.json`` and an exported
+    ensemble's ONNX metadata record it) -> (min_sizes, at_size); a clear error naming ``where`` otherwise."""
+    post = post or {}
     sizes = post.get("min_sizes") if isinstance(post, dict) else None
     sizes = {} if sizes is None else sizes
     if not isinstance(sizes, dict) or not all(
             isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in sizes.values()):
-        raise CheckpointError(f"{path}: 'postprocessing.min_sizes' must map class indices to whole numbers of "
+        raise CheckpointError(f"{where}: 'postprocessing.min_sizes' must map class indices to whole numbers of "
                               f"pixels >= 0, found {sizes!r}")
     at_size = post.get("at_size") if isinstance(post, dict) else None
     if at_size is not None and not (isinstance(at_size, list) and len(at_size) == 2 and all(
             isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in at_size)):
-        raise CheckpointError(f"{path}: 'postprocessing.at_size' must be [H, W] in pixels (the size at which "
+        raise CheckpointError(f"{where}: 'postprocessing.at_size' must be [H, W] in pixels (the size at which "
                               f"min_sizes were chosen), found {at_size!r}")
-    return CvFolder(folder, tuple(checkpoints), None if classes is None else tuple(classes),
-                    {str(k): int(v) for k, v in sizes.items()}, None if at_size is None else tuple(at_size))
+    return {str(k): int(v) for k, v in sizes.items()}, None if at_size is None else tuple(at_size)
 
 
 @dataclass

@@ -11,6 +11,9 @@ graph whose output is the log of the members' mean probability (``"output_kind":
 "log_probabilities"`` in the metadata, which also lists the ``members``); argmax and softmax
 of it mean what they mean for one network's logits. Members normalised otherwise than the first
 (CV folds) carry their input map in the graph (:class:`octseg.inference.ensemble.Renormalised`).
+A CV folder's post-processing (``min_sizes`` chosen on its out-of-fold predictions, and the
+``at_size`` they count pixels at) travels in the metadata as ``"postprocessing"``, and a
+:class:`~octseg.inference.predictor.Predictor` on the .onnx file applies it as it would the folder's.
 """
 
 from __future__ import annotations
@@ -31,8 +34,9 @@ OUTPUT_NAME = "logits"
 META_KEY = "octseg"
 
 
-def onnx_meta(meta: dict) -> dict:
-    """The subset of a checkpoint's meta that a runtime needs, plus which weights were exported."""
+def onnx_meta(meta: dict, postprocessing: Optional[dict] = None) -> dict:
+    """The subset of a checkpoint's meta that a runtime needs, plus which weights were exported, and
+    the ``postprocessing`` a CV folder recorded (``{"min_sizes": ..., "at_size": ...}``), if any."""
     from octseg import __version__
     from octseg.checkpoint import context_slices
 
@@ -53,6 +57,7 @@ def onnx_meta(meta: dict) -> dict:
                   "neighbours in slice order, the B-scan in the middle)",
         "output_kind": "log_probabilities" if meta.get("members") else "logits",
         **({"members": meta["members"], "cv_folders": meta.get("cv_folders") or []} if meta.get("members") else {}),
+        **({"postprocessing": postprocessing} if postprocessing else {}),
     }
 
 
@@ -114,7 +119,9 @@ def export_onnx(checkpoint, out, weights: Optional[str] = None, overwrite: bool 
     sources = resolve_sources(checkpoint)
     out = check_output_file(out, overwrite, protect=sources.paths)
     model, meta, _ = load_models(sources.checkpoints, weights, "cpu", sources=sources)
-    return export_model(model, onnx_meta(meta), out)
+    sizes, at_size = sources.min_sizes(), sources.min_sizes_at()
+    post = {"min_sizes": sizes, "at_size": list(at_size) if at_size else None} if sizes else None
+    return export_model(model, onnx_meta(meta, post), out)
 
 
 def read_onnx_meta(session_or_path) -> dict:

@@ -299,7 +299,9 @@ class Predictor:
     @classmethod
     def from_onnx(cls, path, device: str = "auto", tta: bool = False, min_sizes: Optional[Mapping] = None,
                   batch: int = 8) -> "Predictor":
-        """From a model written by ``octseg export`` (its metadata holds classes, size, normalisation)."""
+        """From a model written by ``octseg export`` (its metadata holds classes, size, normalisation, and
+        an exported CV folder's post-processing, which applies unless ``min_sizes`` is given)."""
+        from octseg.inference.ensemble import parse_postprocessing
         from octseg.inference.export import read_onnx_meta
 
         path = Path(path)
@@ -314,9 +316,12 @@ class Predictor:
             dev = "cpu"
         session = _onnx_session(path, dev, explicit)
         meta = read_onnx_meta(session)
+        min_sizes_at = None
+        if min_sizes is None:
+            min_sizes, min_sizes_at = parse_postprocessing(meta.get("postprocessing"), path)
         # pre/post-processing stays on the CPU: onnxruntime takes and returns host arrays
         return cls(_OnnxNet(session, _is_log_probs(meta)), meta, device="cpu", backend="onnx", tta=tta,
-                   min_sizes=min_sizes, batch=batch, source=str(path))
+                   min_sizes=min_sizes, batch=batch, source=str(path), min_sizes_at=min_sizes_at)
 
     # --- prediction
 
