@@ -48,8 +48,12 @@ SUPERVISED = ("supervised", "supervised_strong")
 #: Variants compared beside the registered methods: name -> (method.name, overrides). FixMatch's
 #: published threshold of 0.95 suits runs of many thousand steps; in a few hundred it leaves almost
 #: every unlabelled pixel unused (benchmarks/label_efficiency.py logs ``confident_fraction``).
+#: ``fixmatch_dice`` learns the pseudo-labels with soft Dice instead of cross-entropy, as UniMatch's medical code
+#: does: confident fluid pixels are few, and in a cross-entropy averaged over all pixels background drowns them.
 EXTRA = {"supervised_strong": ("supervised", ["augment.strong=true"]),
-         "fixmatch_t0.8": ("fixmatch", ["method.fixmatch.threshold=0.8"])}
+         "fixmatch_t0.8": ("fixmatch", ["method.fixmatch.threshold=0.8"]),
+         "fixmatch_dice": ("fixmatch", ["method.fixmatch.unsup_loss=dice"]),
+         "mean_teacher_strong": ("mean_teacher", ["method.mean_teacher.strong=true"])}
 
 
 def quiet_lightning() -> None:

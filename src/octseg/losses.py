@@ -46,19 +46,26 @@ class WeightedDiceLoss(nn.Module):
         self.eps = eps
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        k = logits.shape[1]
-        probs = logits.float().softmax(dim=1)
-        valid = (target != IGNORE_INDEX).unsqueeze(1)
-        onehot = F.one_hot(target.clamp(max=k - 1).long(), k).permute(0, 3, 1, 2).to(probs.dtype)
-        probs, onehot = probs * valid, onehot * valid
-        dims = (0, 2, 3)
-        inter = (probs * onehot).sum(dims)
-        card = (probs + onehot).sum(dims)
-        dice = 2.0 * inter / card.clamp_min(self.eps)
-        present = (onehot.sum(dims) > 0).to(dice.dtype)
-        per_class = (1.0 - dice) * present * self.weights
-        # A weighted mean over all classes: equal weights give smp's plain mean.
-        return per_class.sum() / self.weights.sum()
+        return soft_dice_loss(logits, target, self.weights, self.eps)
+
+
+def soft_dice_loss(logits: torch.Tensor, target: torch.Tensor, weights: Optional[torch.Tensor] = None,
+                   eps: float = 1e-7) -> torch.Tensor:
+    """:class:`WeightedDiceLoss` as a function: soft Dice of softmax(logits) against ``target`` (N, H, W),
+    pooled over the batch, pixels labelled 255 ignored, classes absent from the target adding nothing."""
+    k = logits.shape[1]
+    probs = logits.float().softmax(dim=1)
+    valid = (target != IGNORE_INDEX).unsqueeze(1)
+    onehot = F.one_hot(target.clamp(max=k - 1).long(), k).permute(0, 3, 1, 2).to(probs.dtype)
+    probs, onehot = probs * valid, onehot * valid
+    dims = (0, 2, 3)
+    inter = (probs * onehot).sum(dims)
+    card = (probs + onehot).sum(dims)
+    dice = 2.0 * inter / card.clamp_min(eps)
+    present = (onehot.sum(dims) > 0).to(dice.dtype)
+    w = torch.ones(k, dtype=dice.dtype, device=dice.device) if weights is None else weights.to(dice)
+    # A weighted mean over all classes: equal weights give smp's plain mean.
+    return ((1.0 - dice) * present * w).sum() / w.sum()
 
 
 def _focal(num_classes: int, gamma: float) -> nn.Module:

@@ -9,8 +9,10 @@ its baseline for semantic segmentation.
   strong intensity augmentation (brightness, contrast, gamma, blur, speckle-like multiplicative
   noise, cutout) and, with ``cutmix`` (on by default), a box pasted from another unlabelled
   B-scan of the batch (labels and confidences pasted with it).
-* Loss = supervised + ``weight`` (1.0) × cross-entropy on the confident pixels, averaged over all
-  valid unlabelled pixels (so few confident pixels give a small loss, as in UniMatch).
+* Loss = supervised + ``weight`` (1.0) × ``unsup_loss`` on the confident pixels: ``ce`` (cross-entropy
+  averaged over all valid unlabelled pixels, so few confident pixels give a small loss, as in UniMatch on
+  natural images), ``dice`` (soft Dice over the confident pixels, as UniMatch's medical code does) or
+  ``dice_ce`` (both).
 * Labelled, weak and strong views go through the network as separate BatchNorm batches by
   default; ``joint_batch: true`` passes the labelled and the strong views as one batch, as the
   published code does (measured against separate batches in ``benchmarks/joint_batchnorm.py``).
@@ -24,16 +26,17 @@ import torch
 
 from octseg.constants import IGNORE_INDEX
 from octseg.methods.base import Method, StepContext
-from octseg.methods.pseudo_labels import masked_ce, strong_view, weak_targets
+from octseg.methods.pseudo_labels import check_unsup_loss, pseudo_label_loss, strong_view, weak_targets
 
 
 @dataclass
 class FixMatchConfig:
-    """``method.fixmatch.*``: confidence threshold, unlabelled loss weight, CutMix on/off, and whether
-    the labelled and strong views share one BatchNorm batch."""
+    """``method.fixmatch.*``: confidence threshold, unlabelled loss weight and kind, CutMix on/off, and
+    whether the labelled and strong views share one BatchNorm batch."""
 
     threshold: float = 0.95
     weight: float = 1.0
+    unsup_loss: str = "ce"
     cutmix: bool = True
     joint_batch: bool = False
 
@@ -41,6 +44,10 @@ class FixMatchConfig:
 class FixMatch(Method):
     Config = FixMatchConfig
     default_weights = "student"
+
+    def __init__(self, student, cfg, supervised_loss):
+        super().__init__(student, cfg, supervised_loss)
+        check_unsup_loss(cfg.unsup_loss, "fixmatch")
 
     def training_loss(self, x_l, y_l, x_u, ctx: StepContext):
         if x_u is None or x_u.shape[0] == 0:
@@ -53,7 +60,7 @@ class FixMatch(Method):
         else:
             logits_l, logits_s = self.student(ctx.normalise(x_l)), self.student(ctx.normalise(x_s))
         sup = self.supervised_loss(logits_l, y_l)
-        unsup = masked_ce(logits_s, target, valid)
+        unsup = pseudo_label_loss(self.cfg.unsup_loss, logits_s, target, valid)
         used = (target != IGNORE_INDEX).sum() / valid.sum().clamp_min(1)
         return sup + self.cfg.weight * unsup, {"loss_sup": sup.detach(), "loss_unsup": unsup.detach(),
                                                "confident_fraction": used.detach()}

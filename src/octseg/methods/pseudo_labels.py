@@ -1,5 +1,6 @@
 """Pieces shared by the pseudo-label methods (FixMatch, UniMatch, CPS, BCP): confident targets on weak views,
-CutMix of views with their targets, and the masked cross-entropy they all average the same way."""
+CutMix of views with their targets, the masked cross-entropy they all average the same way, and the choice of
+loss on pseudo-labels (``unsup_loss``) that FixMatch and UniMatch offer."""
 
 from __future__ import annotations
 
@@ -7,6 +8,8 @@ import torch
 import torch.nn.functional as F
 
 from octseg.constants import IGNORE_INDEX
+from octseg.errors import ConfigError
+from octseg.losses import soft_dice_loss
 
 
 def strong_view(x: torch.Tensor, targets, valid: torch.Tensor, ctx, cutmix: bool):
@@ -32,6 +35,27 @@ def masked_ce(logits: torch.Tensor, targets: torch.Tensor, valid: torch.Tensor) 
     convention: few confident pixels give a small loss, not a loudly averaged one)."""
     ce = F.cross_entropy(logits.float(), targets, ignore_index=IGNORE_INDEX, reduction="sum")
     return ce / valid.sum().clamp_min(1)
+
+
+#: ``unsup_loss`` values: cross-entropy as in FixMatch / UniMatch on natural images; soft Dice over the confident
+#: pixels as UniMatch's medical (ACDC) code uses, which lets rare classes (fluid) count as much as background;
+#: or their sum, the form of the supervised dice_ce loss.
+PSEUDO_LABEL_LOSSES = ("ce", "dice", "dice_ce")
+
+
+def check_unsup_loss(name: str, section: str) -> None:
+    if name not in PSEUDO_LABEL_LOSSES:
+        raise ConfigError(f"method.{section}.unsup_loss={name!r}: choose one of {', '.join(PSEUDO_LABEL_LOSSES)}")
+
+
+def pseudo_label_loss(kind: str, logits: torch.Tensor, targets: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """The ``unsup_loss`` of ``logits`` against pseudo-labels ``targets`` (IGNORE_INDEX where not confident):
+    ``ce`` = :func:`masked_ce`; ``dice`` = soft Dice over the confident pixels, classes with no confident pixel
+    adding nothing (0 when none is confident); ``dice_ce`` = both."""
+    if kind == "ce":
+        return masked_ce(logits, targets, valid)
+    dice = soft_dice_loss(logits, targets)
+    return dice if kind == "dice" else dice + masked_ce(logits, targets, valid)
 
 
 def weak_targets(net, x_u: torch.Tensor, ctx, threshold: float) -> tuple[torch.Tensor, torch.Tensor]:

@@ -6,8 +6,9 @@ Segmentation", CVPR 2023): FixMatch widened in two directions.
 * Feature level: a third stream perturbs the **encoder features** of the weak view (channel
   dropout, probability ``feature_dropout`` 0.5, one mask per B-scan and channel) and decodes them;
   it too learns the pseudo-labels.
-* Loss = supervised + ``weight`` × (0.25 · strong₁ + 0.25 · strong₂ + 0.5 · feature), each a
-  cross-entropy over confident pixels averaged over all valid pixels; threshold 0.95 as in the paper.
+* Loss = supervised + ``weight`` × (0.25 · strong₁ + 0.25 · strong₂ + 0.5 · feature), each the
+  ``unsup_loss`` over confident pixels (``ce``, ``dice`` as the paper's medical code, or ``dice_ce``; see
+  FixMatch); threshold 0.95 as in the paper.
 
 Needs a segmentation-models-pytorch network (``encoder`` / ``decoder`` / ``segmentation_head``),
 which every octseg model is.
@@ -22,15 +23,16 @@ import torch
 
 from octseg.errors import ConfigError
 from octseg.methods.base import Method, StepContext
-from octseg.methods.pseudo_labels import masked_ce, strong_view, weak_targets
+from octseg.methods.pseudo_labels import check_unsup_loss, pseudo_label_loss, strong_view, weak_targets
 
 
 @dataclass
 class UniMatchConfig:
-    """``method.unimatch.*``: threshold, unlabelled weight, feature dropout, CutMix on/off."""
+    """``method.unimatch.*``: threshold, unlabelled weight and kind, feature dropout, CutMix on/off."""
 
     threshold: float = 0.95
     weight: float = 1.0
+    unsup_loss: str = "ce"
     feature_dropout: float = 0.5
     cutmix: bool = True
 
@@ -57,18 +59,20 @@ class UniMatch(Method):
         super().__init__(student, cfg, supervised_loss)
         if not all(hasattr(student, a) for a in ("encoder", "decoder", "segmentation_head")):
             raise ConfigError("method.name=unimatch needs an encoder-decoder network from segmentation-models-pytorch")
+        check_unsup_loss(cfg.unsup_loss, "unimatch")
 
     def training_loss(self, x_l, y_l, x_u, ctx: StepContext):
         sup = self.supervised_loss(self.student(ctx.normalise(x_l)), y_l)
         if x_u is None or x_u.shape[0] == 0:
             return sup, {"loss_sup": sup.detach()}
         target, valid = weak_targets(self.student, x_u, ctx, self.cfg.threshold)
-        fp = masked_ce(forward_with_feature_dropout(self.student, ctx.normalise(x_u), self.cfg.feature_dropout,
-                                                    ctx.generator), target, valid)
+        loss = self.cfg.unsup_loss
+        fp = pseudo_label_loss(loss, forward_with_feature_dropout(self.student, ctx.normalise(x_u),
+                                                                  self.cfg.feature_dropout, ctx.generator), target, valid)
         strong = []
         for _ in range(2):
             x_s, t_s, v_s = strong_view(x_u, target, valid, ctx, self.cfg.cutmix)
-            strong.append(masked_ce(self.student(ctx.normalise(x_s)), t_s, v_s))
+            strong.append(pseudo_label_loss(loss, self.student(ctx.normalise(x_s)), t_s, v_s))
         unsup = 0.25 * strong[0] + 0.25 * strong[1] + 0.5 * fp
         return sup + self.cfg.weight * unsup, {"loss_sup": sup.detach(), "loss_unsup": unsup.detach(),
                                                "loss_fp": fp.detach()}
