@@ -50,9 +50,12 @@ SUPERVISED = ("supervised", "supervised_strong")
 #: every unlabelled pixel unused (benchmarks/label_efficiency.py logs ``confident_fraction``).
 #: ``fixmatch_dice`` learns the pseudo-labels with soft Dice instead of cross-entropy, as UniMatch's medical code
 #: does: confident fluid pixels are few, and in a cross-entropy averaged over all pixels background drowns them.
+#: ``fixmatch_da`` aligns the pseudo-labels' class distribution with the labels' (ReMixMatch): with one labelled
+#: volume a rare class is under-predicted, hence rarer still among the pseudo-labels.
 EXTRA = {"supervised_strong": ("supervised", ["augment.strong=true"]),
          "fixmatch_t0.8": ("fixmatch", ["method.fixmatch.threshold=0.8"]),
          "fixmatch_dice": ("fixmatch", ["method.fixmatch.unsup_loss=dice"]),
+         "fixmatch_da": ("fixmatch", ["method.fixmatch.distribution_alignment=true"]),
          "mean_teacher_strong": ("mean_teacher", ["method.mean_teacher.strong=true"])}
 
 

@@ -13,6 +13,9 @@ its baseline for semantic segmentation.
   averaged over all valid unlabelled pixels, so few confident pixels give a small loss, as in UniMatch on
   natural images), ``dice`` (soft Dice over the confident pixels, as UniMatch's medical code does) or
   ``dice_ce`` (both).
+* ``distribution_alignment`` (off by default): ReMixMatch's distribution alignment of the weak views'
+  probabilities before the threshold (:class:`~octseg.methods.pseudo_labels.DistributionAlignment`), so a
+  class the network under-predicts is not also under-represented among the pseudo-labels.
 * Labelled, weak and strong views go through the network as separate BatchNorm batches by
   default; ``joint_batch: true`` passes the labelled and the strong views as one batch, as the
   published code does (measured against separate batches in ``benchmarks/joint_batchnorm.py``).
@@ -26,19 +29,21 @@ import torch
 
 from octseg.constants import IGNORE_INDEX
 from octseg.methods.base import Method, StepContext
-from octseg.methods.pseudo_labels import check_unsup_loss, pseudo_label_loss, strong_view, weak_targets
+from octseg.methods.pseudo_labels import (DistributionAlignment, check_unsup_loss, pseudo_label_loss, strong_view,
+                                          weak_targets)
 
 
 @dataclass
 class FixMatchConfig:
-    """``method.fixmatch.*``: confidence threshold, unlabelled loss weight and kind, CutMix on/off, and
-    whether the labelled and strong views share one BatchNorm batch."""
+    """``method.fixmatch.*``: confidence threshold, unlabelled loss weight and kind, CutMix on/off,
+    whether the labelled and strong views share one BatchNorm batch, and distribution alignment."""
 
     threshold: float = 0.95
     weight: float = 1.0
     unsup_loss: str = "ce"
     cutmix: bool = True
     joint_batch: bool = False
+    distribution_alignment: bool = False
 
 
 class FixMatch(Method):
@@ -48,12 +53,14 @@ class FixMatch(Method):
     def __init__(self, student, cfg, supervised_loss):
         super().__init__(student, cfg, supervised_loss)
         check_unsup_loss(cfg.unsup_loss, "fixmatch")
+        self.alignment = DistributionAlignment() if cfg.distribution_alignment else None
 
     def training_loss(self, x_l, y_l, x_u, ctx: StepContext):
         if x_u is None or x_u.shape[0] == 0:
             sup = self.supervised_loss(self.student(ctx.normalise(x_l)), y_l)
             return sup, {"loss_sup": sup.detach()}
-        target, valid = weak_targets(self.student, x_u, ctx, self.cfg.threshold)
+        align = None if self.alignment is None else (lambda probs, valid: self.alignment(probs, valid, y_l))
+        target, valid = weak_targets(self.student, x_u, ctx, self.cfg.threshold, align)
         x_s, target, valid = strong_view(x_u, target, valid, ctx, self.cfg.cutmix)
         if self.cfg.joint_batch:
             logits_l, logits_s = self.student(ctx.normalise(torch.cat([x_l, x_s]))).split([len(x_l), len(x_s)])

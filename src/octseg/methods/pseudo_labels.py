@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from octseg.constants import IGNORE_INDEX
 from octseg.errors import ConfigError
@@ -58,12 +59,60 @@ def pseudo_label_loss(kind: str, logits: torch.Tensor, targets: torch.Tensor, va
     return dice if kind == "dice" else dice + masked_ce(logits, targets, valid)
 
 
-def weak_targets(net, x_u: torch.Tensor, ctx, threshold: float) -> tuple[torch.Tensor, torch.Tensor]:
+class DistributionAlignment(nn.Module):
+    """Distribution alignment (Berthelot et al., "ReMixMatch", ICLR 2020), per pixel: the weak views' class
+    probabilities are multiplied by (labelled class frequency / mean predicted class probability on
+    unlabelled pixels), both running means, and renormalised before the threshold.
+
+    Why: with one labelled volume a rare class (SRF, PED) is under-predicted, so it is rare among the
+    pseudo-labels, so it is learnt less: a loop that erodes exactly the classes that are hard. Alignment
+    lifts a class the network predicts less often than the labels show it. The running means are buffers,
+    so they are saved with the training state and a resumed run goes on with them."""
+
+    def __init__(self, momentum: float = 0.9):
+        super().__init__()
+        self.momentum = momentum
+        self.register_buffer("labelled", torch.zeros(0))
+        self.register_buffer("predicted", torch.zeros(0))
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        for name in ("labelled", "predicted"):  # sized by the first step: take the saved sizes
+            if prefix + name in state_dict:
+                setattr(self, name, torch.empty_like(state_dict[prefix + name]))
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+    def _running(self, name: str, value: torch.Tensor) -> torch.Tensor:
+        old = getattr(self, name)
+        new = value if old.numel() != value.numel() else self.momentum * old + (1 - self.momentum) * value
+        setattr(self, name, new.detach())
+        return new
+
+    @torch.no_grad()
+    def forward(self, probs: torch.Tensor, valid: torch.Tensor, y_l: torch.Tensor) -> torch.Tensor:
+        """``probs`` (N, K, H, W) of the weak views -> aligned probabilities; updates the running means
+        with this step's labels ``y_l`` and the valid pixels of ``probs``."""
+        k = probs.shape[1]
+        lab = y_l[y_l != IGNORE_INDEX].long()
+        if lab.numel():
+            self._running("labelled", torch.bincount(lab.clamp(max=k - 1), minlength=k).to(probs) / lab.numel())
+        w = valid[:, None].to(probs)
+        self._running("predicted", (probs * w).sum((0, 2, 3)) / w.sum((0, 2, 3)).clamp_min(1))
+        if self.labelled.numel() != k:
+            return probs
+        ratio = (self.labelled + 1e-6) / (self.predicted + 1e-6)
+        aligned = probs * ratio[None, :, None, None]
+        return aligned / aligned.sum(1, keepdim=True)
+
+
+def weak_targets(net, x_u: torch.Tensor, ctx, threshold: float,
+                 align=None) -> tuple[torch.Tensor, torch.Tensor]:
     """(pseudo-labels of ``net`` on the weak views, validity): IGNORE_INDEX where the top class
-    probability is below ``threshold`` or the pixel is not valid; no gradient."""
+    probability is below ``threshold`` or the pixel is not valid; no gradient. ``align``: a function of
+    the probabilities and validity applied before the threshold (e.g. :class:`DistributionAlignment`)."""
     valid = valid_or_all(x_u, ctx)
     with torch.no_grad():
-        conf, pseudo = net(ctx.normalise(x_u)).float().softmax(1).max(1)
+        probs = net(ctx.normalise(x_u)).float().softmax(1)
+        conf, pseudo = (probs if align is None else align(probs, valid)).max(1)
     return torch.where((conf >= threshold) & valid, pseudo, torch.full_like(pseudo, IGNORE_INDEX)), valid
 
 
