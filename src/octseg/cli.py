@@ -244,7 +244,7 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--version", action="version", version=f"octseg {__version__}")
     ap.add_argument("--debug", action="store_true",
                     help="show the full traceback of an error (also OCTSEG_DEBUG=1)")
-    sub = ap.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    sub = ap.add_subparsers(dest="command", metavar="COMMAND", required=True, parser_class=_IntermixedParser)
 
     p = sub.add_parser("synth", help="generate synthetic RETOUCH-like OCT volumes")
     p.add_argument("out", type=Path)
@@ -432,6 +432,23 @@ def build_parser() -> argparse.ArgumentParser:
     for p in sub.choices.values():  # `octseg predict ... --debug` works as well as `octseg --debug predict`
         p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     return ap
+
+
+class _IntermixedParser(argparse.ArgumentParser):
+    """A command's parser that takes options anywhere between its positionals, as a user expects:
+    ``octseg predict A.ckpt B.ckpt scans/ --tta flip out/`` (plain argparse splits positionals at the
+    option and, with several checkpoints, misreads which is INPUT and which is OUT)."""
+
+    _inside = False
+
+    def parse_known_args(self, args=None, namespace=None):
+        if self._inside:  # parse_known_intermixed_args calls back into parse_known_args
+            return super().parse_known_args(args, namespace)
+        self._inside = True
+        try:
+            return self.parse_known_intermixed_args(args, namespace)
+        finally:
+            self._inside = False
 
 
 def _format_warning(message, category, filename, lineno, line=None) -> str:

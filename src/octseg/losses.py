@@ -81,6 +81,12 @@ LOSSES = {
 }
 
 
+#: Losses on pseudo-labels (``method.fixmatch.unsup_loss``, ``method.unimatch.unsup_loss``): cross-entropy as in
+#: FixMatch / UniMatch on natural images; soft Dice over the confident pixels as UniMatch's medical (ACDC) code uses,
+#: which lets rare classes (fluid) count as much as background; or their sum, the form of the supervised dice_ce.
+PSEUDO_LABEL_LOSSES = ("ce", "dice", "dice_ce")
+
+
 class SegmentationLoss(nn.Module):
     """dice_weight * Dice + other_weight * (Focal | cross-entropy), on logits."""
 

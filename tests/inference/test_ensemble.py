@@ -182,3 +182,11 @@ def test_cli_takes_several_checkpoints_and_old_calls_unchanged():
     assert a.checkpoint == [Path("a.ckpt"), Path("b.ckpt")] and a.data == Path("data") and a.split == "s"
     a = parse(["export", "cv", "m.onnx"])
     assert a.checkpoint == [Path("cv")] and a.out == Path("m.onnx")
+    # options anywhere between the positionals, with several checkpoints too
+    a = parse(["predict", "a.ckpt", "b.ckpt", "in", "--tta", "flip", "out", "--min-size", "IRF=5"])
+    assert (a.checkpoint, a.input, a.out, a.tta, a.min_size) == ([Path("a.ckpt"), Path("b.ckpt")], Path("in"),
+                                                                  Path("out"), "flip", ["IRF=5"])
+    a = parse(["evaluate", "a.ckpt", "--weights", "student", "b.ckpt", "data", "--json", "e.json"])
+    assert a.checkpoint == [Path("a.ckpt"), Path("b.ckpt")] and a.data == Path("data") and a.weights == "student"
+    a = parse(["export", "a.ckpt", "--overwrite", "b.ckpt", "m.onnx"])
+    assert a.checkpoint == [Path("a.ckpt"), Path("b.ckpt")] and a.out == Path("m.onnx") and a.overwrite

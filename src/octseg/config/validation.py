@@ -12,7 +12,7 @@ from typing import Any, Callable, Optional
 from octseg.config.schema import Config
 from octseg.data.context import MAX_CONTEXT_SLICES
 from octseg.errors import ConfigError
-from octseg.losses import LOSSES
+from octseg.losses import LOSSES, PSEUDO_LABEL_LOSSES
 from octseg.optim import OPTIMIZERS, SCHEDULERS
 
 
@@ -149,10 +149,13 @@ _RULES: list[tuple[str, Rule]] = [
     ("method.fixmatch.weight", NON_NEGATIVE),
     ("method.fixmatch.cutmix", FLAG),
     ("method.fixmatch.joint_batch", FLAG),
+    ("method.fixmatch.unsup_loss", one_of(*PSEUDO_LABEL_LOSSES)),
+    ("method.fixmatch.distribution_alignment", FLAG),
     ("method.unimatch.threshold", PROBABILITY),
     ("method.unimatch.weight", NON_NEGATIVE),
     ("method.unimatch.feature_dropout", number(0, 1, hi_open=True)),  # 1 would divide by zero
     ("method.unimatch.cutmix", FLAG),
+    ("method.unimatch.unsup_loss", one_of(*PSEUDO_LABEL_LOSSES)),
     ("method.cps.weight", NON_NEGATIVE),
     ("method.cps.cutmix", FLAG),
     ("method.bcp.box_fraction", number(0, 1, lo_open=True)),

@@ -10,7 +10,7 @@ from torch import nn
 
 from octseg.constants import IGNORE_INDEX
 from octseg.errors import ConfigError
-from octseg.losses import soft_dice_loss
+from octseg.losses import PSEUDO_LABEL_LOSSES, soft_dice_loss
 
 
 def strong_view(x: torch.Tensor, targets, valid: torch.Tensor, ctx, cutmix: bool):
@@ -36,12 +36,6 @@ def masked_ce(logits: torch.Tensor, targets: torch.Tensor, valid: torch.Tensor) 
     convention: few confident pixels give a small loss, not a loudly averaged one)."""
     ce = F.cross_entropy(logits.float(), targets, ignore_index=IGNORE_INDEX, reduction="sum")
     return ce / valid.sum().clamp_min(1)
-
-
-#: ``unsup_loss`` values: cross-entropy as in FixMatch / UniMatch on natural images; soft Dice over the confident
-#: pixels as UniMatch's medical (ACDC) code uses, which lets rare classes (fluid) count as much as background;
-#: or their sum, the form of the supervised dice_ce loss.
-PSEUDO_LABEL_LOSSES = ("ce", "dice", "dice_ce")
 
 
 def check_unsup_loss(name: str, section: str) -> None:
