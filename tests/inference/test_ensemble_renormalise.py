@@ -89,14 +89,19 @@ class _Bright(torch.nn.Module):
         return torch.cat([torch.zeros_like(x), x, torch.full_like(x, -9), torch.full_like(x, -9)], 1)
 
 
-def test_cv_min_sizes_scale_to_the_predicted_size(ckpts, tmp_path):
-    a, _ = ckpts
-    cv = tmp_path / "cv"
+def _one_fold_cv(cv: Path, ckpt, min_sizes: dict, at_size) -> Path:
+    """A CV folder of one fold (a copy of ``ckpt``) whose cv.json records ``min_sizes`` at ``at_size``."""
     (cv / "fold_0" / "checkpoints").mkdir(parents=True)
-    (cv / "fold_0" / "checkpoints" / "best.ckpt").write_bytes(Path(a).read_bytes())
+    (cv / "fold_0" / "checkpoints" / "best.ckpt").write_bytes(Path(ckpt).read_bytes())
     (cv / "cv.json").write_text(json.dumps({
         "format": 1, "classes": ["background", "IRF", "SRF", "PED"], "checkpoints": ["fold_0/checkpoints/best.ckpt"],
-        "postprocessing": {"min_sizes": {"1": 10}, "at_size": [32, 32]}}))
+        "postprocessing": {"min_sizes": min_sizes, "at_size": at_size}}))
+    return cv
+
+
+def test_cv_min_sizes_scale_to_the_predicted_size(ckpts, tmp_path):
+    a, _ = ckpts
+    cv = _one_fold_cv(tmp_path / "cv", a, {"1": 10}, [32, 32])
     img = np.zeros((64, 64), np.uint8)
     img[5:10, 5:11] = 255  # a 30-pixel component: 7.5 pixels at 32x32, under the CV's 10
     img[30:40, 30:50] = 255  # 200 pixels: kept
@@ -148,12 +153,7 @@ def test_an_exported_cv_folder_carries_its_postprocessing_into_onnx(ckpts, tmp_p
     from octseg.inference.export import META_KEY, export_onnx
 
     a, _ = ckpts
-    cv = tmp_path / "cv"
-    (cv / "fold_0" / "checkpoints").mkdir(parents=True)
-    (cv / "fold_0" / "checkpoints" / "best.ckpt").write_bytes(Path(a).read_bytes())
-    (cv / "cv.json").write_text(json.dumps({
-        "format": 1, "classes": ["background", "IRF", "SRF", "PED"], "checkpoints": ["fold_0/checkpoints/best.ckpt"],
-        "postprocessing": {"min_sizes": {"1": 60, "2": 60}, "at_size": [32, 32]}}))
+    cv = _one_fold_cv(tmp_path / "cv", a, {"1": 60, "2": 60}, [32, 32])
     out = export_onnx(cv, tmp_path / "cv.onnx")
     p = Predictor.from_checkpoint(out, device="cpu", backend="onnx")
     assert p.min_sizes == {1: 60, 2: 60} and p.min_sizes_at == (32, 32)
