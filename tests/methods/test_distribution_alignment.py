@@ -70,7 +70,7 @@ def test_fixmatch_with_alignment_trains_and_resumes_with_its_running_means():
     def make():
         torch.manual_seed(0)
         cfg = MethodConfig(name="fixmatch")
-        cfg.fixmatch.distribution_alignment, cfg.fixmatch.threshold = True, 0.5
+        cfg.fixmatch.distribution_alignment, cfg.fixmatch.threshold, cfg.fixmatch.alignment_start = True, 0.5, 0.0
         return build_method(cfg, build_model(ModelConfig(**TINY_MODEL), 4), SegmentationLoss(LossConfig(name="dice_ce"), 4))
 
     m = make()
@@ -87,3 +87,12 @@ def test_fixmatch_with_alignment_trains_and_resumes_with_its_running_means():
         b = resumed.training_loss(x_l, y_l, x_u, _ctx(2, valid_u))[0]
     assert torch.equal(a, b)
     assert "alignment.predicted" in dict(m.named_buffers())
+
+
+def test_alignment_waits_for_alignment_start_but_keeps_its_running_means():
+    probs = _probs()
+    valid = torch.ones(2, 8, 8, dtype=torch.bool)
+    y_l = torch.zeros(2, 8, 8, dtype=torch.long)
+    da = DistributionAlignment()
+    assert torch.equal(da(probs, valid, y_l, apply=False), probs) and da.predicted.numel() == 3
+    assert not torch.equal(da(probs, valid, y_l), probs)

@@ -151,6 +151,7 @@ _RULES: list[tuple[str, Rule]] = [
     ("method.fixmatch.joint_batch", FLAG),
     ("method.fixmatch.unsup_loss", one_of(*PSEUDO_LABEL_LOSSES)),
     ("method.fixmatch.distribution_alignment", FLAG),
+    ("method.fixmatch.alignment_start", PROBABILITY),  # a fraction of the run's steps
     ("method.unimatch.threshold", PROBABILITY),
     ("method.unimatch.weight", NON_NEGATIVE),
     ("method.unimatch.feature_dropout", number(0, 1, hi_open=True)),  # 1 would divide by zero

@@ -15,7 +15,8 @@ its baseline for semantic segmentation.
   ``dice_ce`` (both).
 * ``distribution_alignment`` (off by default): ReMixMatch's distribution alignment of the weak views'
   probabilities before the threshold (:class:`~octseg.methods.pseudo_labels.DistributionAlignment`), so a
-  class the network under-predicts is not also under-represented among the pseudo-labels.
+  class the network under-predicts is not also under-represented among the pseudo-labels; applied once
+  ``alignment_start`` (0.2) of the run's steps are done.
 * Labelled, weak and strong views go through the network as separate BatchNorm batches by
   default; ``joint_batch: true`` passes the labelled and the strong views as one batch, as the
   published code does (measured against separate batches in ``benchmarks/joint_batchnorm.py``).
@@ -44,6 +45,7 @@ class FixMatchConfig:
     cutmix: bool = True
     joint_batch: bool = False
     distribution_alignment: bool = False
+    alignment_start: float = 0.2
 
 
 class FixMatch(Method):
@@ -59,7 +61,8 @@ class FixMatch(Method):
         if x_u is None or x_u.shape[0] == 0:
             sup = self.supervised_loss(self.student(ctx.normalise(x_l)), y_l)
             return sup, {"loss_sup": sup.detach()}
-        align = None if self.alignment is None else (lambda probs, valid: self.alignment(probs, valid, y_l))
+        align = None if self.alignment is None else (lambda probs, valid: self.alignment(
+            probs, valid, y_l, apply=ctx.progress >= self.cfg.alignment_start))
         target, valid = weak_targets(self.student, x_u, ctx, self.cfg.threshold, align)
         x_s, target, valid = strong_view(x_u, target, valid, ctx, self.cfg.cutmix)
         if self.cfg.joint_batch:
