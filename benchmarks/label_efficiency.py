@@ -103,7 +103,7 @@ QUICK = {"volumes": 24, "n_val": 3, "n_test": 6, "epochs": 2, "steps_per_epoch":
 # the ResNet18 U-Net's supervised step (0.41 s, measured in octseg demo), the others scaled by the ratios of side-by-side 40-step runs of
 # the ResNet18 recipe; per-run fixed cost (start-up, scoring) and cost per epoch (validation, checkpoints).
 SEC_PER_STEP = {"supervised": 0.41, "supervised_strong": 0.41, "mean_teacher": 0.96, "mean_teacher_strong": 0.96, "fixmatch": 0.90,
-                "fixmatch_t0.8": 0.90, "fixmatch_dice": 0.90, "fixmatch_da": 0.90, "unimatch": 1.51, "cps": 1.80, "bcp": 1.14}
+                "fixmatch_t0.8": 0.90, "fixmatch_dice": 0.90, "fixmatch_da": 0.90, "fixmatch_mild": 0.90, "unimatch": 1.51, "cps": 1.80, "bcp": 1.14}
 RUN_S, EPOCH_S = 8.0, 4.0
 
 
