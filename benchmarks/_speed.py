@@ -152,7 +152,10 @@ class OriginalLoop:
             ious.append(1.0 if union == 0 else inter / union)
         return float(loss), float(np.mean(ious))
 
-    def run(self, warmup: int, steps: int, count_flops: bool = False) -> dict:
+    def run(self, warmup: int, steps: int, count_flops: bool = False, profile: Path | None = None) -> dict:
+        """Time ``steps`` steps after ``warmup``; ``profile``: a file that receives torch.profiler's tables of
+        the timed steps (operators by device time and by host time) and the share of the wall time the
+        device was busy, which tells a launch-bound step (host time per operator) from a compute-bound one."""
         """Time ``steps`` steps after ``warmup`` untimed ones; the first warm-up step is counted
         (FLOPs) when asked, so counting never slows a timed step."""
         flops = None
@@ -212,7 +215,10 @@ class OctsegStep:
             for n in self.module.method.networks().values():
                 n.compile(backend=compile, dynamic=False)
 
-    def run(self, warmup: int, steps: int, count_flops: bool = False) -> dict:
+    def run(self, warmup: int, steps: int, count_flops: bool = False, profile: Path | None = None) -> dict:
+        """Time ``steps`` steps after ``warmup``; ``profile``: a file that receives torch.profiler's tables of
+        the timed steps (operators by device time and by host time) and the share of the wall time the
+        device was busy, which tells a launch-bound step (host time per operator) from a compute-bound one."""
         import lightning as L
         from lightning.pytorch.callbacks import ModelCheckpoint
 
@@ -232,6 +238,10 @@ class OctsegStep:
                 self.marks.append(time.perf_counter())
 
             def on_train_batch_start(self, trainer, module, batch, batch_idx):
+                if profile is not None and batch_idx == warmup:
+                    self._prof = torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU] + (
+                        [torch.profiler.ProfilerActivity.CUDA] if torch.cuda.is_available() else []))
+                    self._prof.__enter__()
                 if count_flops and batch_idx == 0:
                     from torch.utils.flop_counter import FlopCounterMode
 
@@ -244,6 +254,9 @@ class OctsegStep:
                     self.flops, self._counter = int(self._counter.get_total_flops()), None
                 sync(self.device)
                 self.marks.append(time.perf_counter())
+                if profile is not None and batch_idx == warmup + steps - 1:
+                    self._prof.__exit__(None, None, None)
+                    write_profile(self._prof, profile, self.marks[-1] - self.marks[warmup], steps)
 
         n = warmup + steps
         cfg, d = self.cfg, self.data
@@ -271,6 +284,24 @@ class OctsegStep:
         return {"step_times": [float(x) for x in times[warmup:]], "flops": timer.flops,
                 "precision": str(trainer.precision), "channels_last": bool(cfg.trainer.channels_last),
                 "peak_memory_bytes": torch.cuda.max_memory_allocated() if cuda else None}
+
+
+def write_profile(prof, path: Path, wall: float, steps: int) -> None:
+    """torch.profiler's operator tables and the device's busy share of ``wall`` seconds, as text at ``path``."""
+    ev = prof.key_averages()
+    # kernels only: a record_function range (the optimiser's "Optimizer.step#Adam.step") also carries device
+    # time, spanning the kernels it launched; counting it too gave "117 % busy" on the first GPU run
+    dev_us = sum(e.self_device_time_total for e in ev if getattr(e, "self_device_time_total", 0)
+                 and not getattr(e, "is_user_annotation", False) and "#" not in e.key
+                 and not e.key.startswith("ProfilerStep"))
+    launches = sum(e.count for e in ev if "cudaLaunchKernel" in e.key or "cuLaunchKernel" in e.key)
+    head = (f"{steps} steps in {wall:.3f} s ({wall / steps * 1e3:.1f} ms/step); device busy "
+            f"{dev_us / 1e6:.3f} s ({dev_us / 1e6 / wall:.0%} of the wall time); kernel launches per step "
+            f"{launches / steps:.0f}\n")
+    tables = [ev.table(sort_by=k, row_limit=30) for k in (
+        ("self_device_time_total", "self_cpu_time_total") if dev_us else ("self_cpu_time_total",))]
+    Path(path).write_text(head + "\n\n".join(tables))
+    print(head, end="", flush=True)
 
 
 # ----------------------------------------------------------------------------- FLOPs and the peak

@@ -2,6 +2,7 @@
 
     python benchmarks/gpu.py [--out benchmarks/results/gpu.json]     # on a CUDA machine
     python benchmarks/gpu.py --quick                                 # every code path on CPU, tiny sizes
+    python benchmarks/gpu.py --parts predict profile                 # prediction and where a step's time goes
 
 Three parts, all in one process, so that every ratio compares figures measured side by side:
 
@@ -23,6 +24,12 @@ Three parts, all in one process, so that every ratio compares figures measured s
    CUDA execution provider (the model exported by ``octseg.inference.export``) when onnxruntime-gpu
    is installed; best of 2 runs each, alternating.
 
+4. **profile** (``--parts ... profile``; off by default, on with ``--quick``): torch.profiler over 5 timed steps of
+   octseg's bf16 channels-last step per network: the operators by device and by host time, the device's busy
+   share of the wall time and the kernel launches per step, in ``<out>_profile_<network>.txt``.
+
+``--parts`` picks what runs (training, predict, compile, profile); the first GPU run (2026-11-27, H200) showed
+training steps of 1 % of the TF32 peak, so a short second run profiles them and re-measures prediction.
 A time guard skips what no longer fits in ``--budget`` seconds (default 450) and a watchdog writes
 what was measured and exits before 8 minutes, whatever is running. Results go to ``--out`` through
 ``benchmarks/_common.write_results`` (which records the machine and the GPU's name) after every
@@ -69,6 +76,7 @@ STEP_VARIANTS = {
 COMPILED = [("resnet50", "octseg bf16-mixed, channels-last"), ("vgg19_bn", "octseg bf16-mixed, channels-last"),
             ("resnet50", "octseg fp32, channels-last")]
 #: seconds a measurement may need before the guard lets it start (GPU); compile includes compilation
+PARTS = ("training", "predict", "compile", "profile")
 COST = {"original": 30, "octseg": 25, "compile": 150, "predict_setup": 60, "predict_run": 20}
 
 
@@ -276,6 +284,34 @@ def run_training(res: Results, guard: Guard, a, device: str, data: dict, models:
                 free_memory()
 
 
+def run_profiles(res: Results, guard: Guard, a, device: str, data: dict, models: list, out: Path) -> None:
+    """torch.profiler over the timed steps of octseg's bf16 channels-last step, per network: where a step's
+    time goes (``out``'s name + ``_profile_<network>.txt``; the head line also in the JSON)."""
+    from benchmarks import _speed as S
+
+    size = 32 if a.quick else 256
+    label = "octseg bf16-mixed, channels-last"
+    common = ["trainer.accelerator=cpu"] if device == "cpu" else []
+    for model in models:
+        spec = S.MODELS["tiny" if a.quick else model]
+        extra = (S.model_overrides(spec) + [f"data.size=[{size},{size}]"]) if a.quick else []
+        if not guard.allows(f"profile {model}", COST["octseg"]):
+            continue
+        path = out.with_name(f"{out.stem}_profile_{model}.txt")
+        try:
+            runner = S.OctsegStep(data["prepared"][size], RECIPES[model], [*STEP_VARIANTS[label][0], *common, *extra],
+                                  data["work"])
+            runner.run(a.warmup, min(a.steps, 5), profile=path)
+            del runner
+            with res.lock:
+                res.figures.setdefault("profile", {})[model] = {"variant": label, "file": path.name,
+                                                                "summary": path.read_text().splitlines()[0]}
+            res.save()
+        except Exception as exc:
+            note_error(res, f"profile {model}", exc)
+        free_memory()
+
+
 def note_error(res: Results, what: str, exc: BaseException) -> None:
     msg = f"{type(exc).__name__}: {exc}".strip()
     print(f"  ERROR in {what}: {msg}", file=sys.stderr, flush=True)
@@ -461,6 +497,9 @@ def main(argv=None) -> int:
     ap.add_argument("--compile-backend", default=None, help="torch.compile backend (inductor; eager with --quick)")
     ap.add_argument("--no-compile", action="store_true", help="skip the torch.compile variants")
     ap.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
+    ap.add_argument("--parts", nargs="+", choices=PARTS, default=None,
+                    help="what to measure (default: all but profile; all with --quick); profile = torch.profiler "
+                         "tables of the octseg bf16 channels-last step of each network, written beside --out")
     a = ap.parse_args(argv)
 
     rc = fail_to_import()
@@ -474,6 +513,7 @@ def main(argv=None) -> int:
               "every code path.", file=sys.stderr)
         return 2
     device = "cpu" if a.quick else "cuda"
+    a.parts = a.parts or list(PARTS if a.quick else PARTS[:-1])
     a.steps = a.steps or (1 if a.quick else 10)
     a.warmup = max(1, a.warmup or (1 if a.quick else 3))
     a.slices = a.slices or (4 if a.quick else 128)
@@ -501,15 +541,22 @@ def main(argv=None) -> int:
 
     work = res.work = Path(tempfile.mkdtemp(prefix="octseg-gpu-"))
     try:
+        figures["parts"] = a.parts
         measure_peaks(res, device, a.quick)
         models = ["resnet50"] if a.quick else ["resnet50", "vgg19_bn"]
         size = 32 if a.quick else 256
-        data = S.make_training_data(work / "train", [size], **({"slices": 2, "scale": 0.25} if a.quick else {}))
-        data["work"] = work
-        run_training(res, guard, a, device, data, models, compiled=False)
-        run_predict(res, guard, a, device, work / "predict")
-        if a.no_compile:
-            figures["skipped"].append("torch.compile variants: --no-compile")
+        if {"training", "compile", "profile"} & set(a.parts):
+            data = S.make_training_data(work / "train", [size], **({"slices": 2, "scale": 0.25} if a.quick else {}))
+            data["work"] = work
+        if "training" in a.parts:
+            run_training(res, guard, a, device, data, models, compiled=False)
+        if "predict" in a.parts:
+            reset_global_state()  # Lightning's deterministic flags from the training part would slow inference
+            run_predict(res, guard, a, device, work / "predict")
+        if "profile" in a.parts:
+            run_profiles(res, guard, a, device, data, models, out)
+        if a.no_compile or "compile" not in a.parts:
+            figures["skipped"].append("torch.compile variants: --no-compile or not in --parts")
         else:
             run_training(res, guard, a, device, data, models, compiled=True)
         with res.lock:  # complete: nothing skipped for time, nothing failed

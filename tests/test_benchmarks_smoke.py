@@ -49,6 +49,8 @@ def test_gpu_quick_runs_every_path_on_cpu(tmp_path):
     assert set(pred) == {"torch, batch 8", "torch, batch 32", "torch channels-last, batch 32",
                          "onnxruntime CPU, batch 32"}  # onnxruntime comes with octseg[dev]
     assert all(v["bscans_per_s"] > 0 and len(v["runs"]) == 2 for v in pred.values())
+    prof = f["profile"]["resnet50"]  # torch.profiler's tables beside the JSON
+    assert "ms/step" in prof["summary"] and "aten::" in (tmp_path / prof["file"]).read_text()
 
 
 def test_train_throughput_quick(tmp_path):

@@ -94,3 +94,18 @@ def test_montage_keeps_small_tiles_at_native_size():
 def test_montage_needs_a_tile():
     with pytest.raises(ValueError, match="at least one tile"):
         montage([], CLASSES)
+
+
+def test_montage_shrinks_before_tinting_labels_by_nearest():
+    """A large tile is shrunk first (gray bilinear, labels nearest), then tinted: every tile pixel carries
+    exactly one class's tint, none a blend of two classes' colours."""
+    from PIL import Image
+
+    img, _ = _scan(200, 400, seed=3)
+    lab = np.zeros(img.shape, np.uint8)
+    lab[:, 200:] = 2                                   # left half background, right half SRF
+    im = np.asarray(montage([(img, lab, "a")], CLASSES, tile_max=100))
+    small = np.asarray(Image.fromarray(img).resize((100, 50), Image.BILINEAR, reducing_gap=2.0))
+    small_lab = np.zeros((50, 100), np.uint8)
+    small_lab[:, 50:] = 2
+    assert (im[4:54, 4:104] == overlay_rgb(small, small_lab, len(CLASSES))).all()

@@ -354,3 +354,18 @@ def test_train_cli_reports_config_errors(tmp_path, capsys):
     assert "config file not found" in capsys.readouterr().err
     assert main(["train", "demo_cpu", f"data.path={tmp_path / 'missing'}", "--out", str(tmp_path / "r")]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_deterministic_trainer_keeps_deterministic_algorithms_without_nan_filling(tmp_path):
+    """Reproducible runs need deterministic algorithms, not PyTorch's NaN-filling of uninitialised tensors (half
+    the kernel launches of a GPU step); both runs of the resume test above stay bit-identical without it."""
+    from octseg.training.run import build_trainer
+
+    torch.utils.deterministic.fill_uninitialized_memory = True
+    try:
+        build_trainer(load_config(None, ["trainer.accelerator=cpu"]), tmp_path)
+        assert torch.are_deterministic_algorithms_enabled()
+        assert torch.utils.deterministic.fill_uninitialized_memory is False
+    finally:
+        torch.use_deterministic_algorithms(False)
+        torch.utils.deterministic.fill_uninitialized_memory = True

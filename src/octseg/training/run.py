@@ -147,7 +147,7 @@ def build_trainer(cfg: Config, run_dir: Path, callbacks=(), logger=True, **train
     accel = t.accelerator
     on_cpu = accel == "cpu" or (accel == "auto" and not torch.cuda.is_available())
     deterministic = t.deterministic if on_cpu or not t.deterministic else "warn"
-    return L.Trainer(
+    trainer = L.Trainer(
         accelerator=accel, devices=t.devices, strategy=t.strategy, num_nodes=t.num_nodes,
         precision=resolve_precision(t.precision, accel),
         max_epochs=t.max_epochs, max_steps=t.max_steps,
@@ -157,6 +157,11 @@ def build_trainer(cfg: Config, run_dir: Path, callbacks=(), logger=True, **train
         callbacks=[best, last, *callbacks], logger=loggers or False, plugins=[AtomicCheckpointIO()],
         use_distributed_sampler=False, num_sanity_val_steps=0, default_root_dir=str(run_dir), **trainer_kwargs,
     )
+    # Deterministic mode also makes PyTorch fill every new uninitialised tensor with NaN, a debugging aid that
+    # reproducibility does not need: half of the kernel launches of a launch-bound GPU step (3,200 of 6,400 per
+    # UNet-ResNet50 Mean Teacher step on an H200, benchmarks/results/gpu_predict_profile_profile_resnet50.txt).
+    torch.utils.deterministic.fill_uninitialized_memory = False
+    return trainer
 
 
 def evaluate_networks(ckpt_path: Path, data: TrainData, part: str = "val", device="cpu", batch: int = 16) -> dict:
