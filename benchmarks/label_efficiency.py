@@ -45,14 +45,17 @@ method (chosen on validation) >= best supervised + 0.05 with the 95 % interval a
 Time on 2 CPU cores (AMD EPYC without bf16, so float32): the supervised step takes about 0.41 s
 alone at 96x96 (measured in ``octseg demo``); the semi-supervised methods cost 2.2-4.4 times that
 (``SEC_PER_STEP``, scaled from side-by-side 40-step runs of the ResNet18 recipe). The s/step column of
-a run on a busy machine is that run's wall time per step, not the method's cost. The default plan (3 regimes x 3 seeds x 12
-methods and variants + 3 reference runs = 111 runs of 300 steps) is estimated at about 10.4 h (``estimate_seconds``,
-printed at the start), over the 3-hour budget; ``--regimes 1v`` (39 runs) at about 3.5 h. Three
+a run on a busy machine is that run's wall time per step, not the method's cost. The default plan (3 regimes x 3 seeds x 13
+methods and variants + 3 reference runs = 120 runs of 300 steps) is estimated at about 11.1 h (``estimate_seconds``,
+printed at the start), over the 3-hour budget; ``--regimes 1v`` (42 runs) at about 3.8 h. Three
 processes of one thread each, one per seed, share 2 cores better than one of two threads; runs
 of several processes on one workdir are safe once the first has prepared the data (start it
 first). ``--quick`` (1 seed, 1v and 2v, 4 methods, 9 runs of 2 x 3 steps on 24 volumes) takes about
 3 min. Finished run folders are reused and interrupted ones resumed, so a stopped benchmark
-continues where it was, and a final run over everything only scores.
+continues where it was, and a final run over everything only scores. ``--jobs N`` trains N runs at
+a time in their own processes: on one H200, ``--regimes 1v --epochs 20 --steps-per-epoch 50 --jobs 15
+--threads 1`` trained 15 runs of 1000 steps (5 methods x 3 seeds, bf16) in 4 minutes
+(``results/label_efficiency_gpu_1000steps.json``); on 2 CPU cores, ``--jobs 2 --threads 1``.
 
     python benchmarks/label_efficiency.py               # the full comparison (see the estimate above)
     python benchmarks/label_efficiency.py --quick       # smoke run, writes *_quick.json/png
@@ -103,7 +106,8 @@ QUICK = {"volumes": 24, "n_val": 3, "n_test": 6, "epochs": 2, "steps_per_epoch":
 # the ResNet18 U-Net's supervised step (0.41 s, measured in octseg demo), the others scaled by the ratios of side-by-side 40-step runs of
 # the ResNet18 recipe; per-run fixed cost (start-up, scoring) and cost per epoch (validation, checkpoints).
 SEC_PER_STEP = {"supervised": 0.41, "supervised_strong": 0.41, "mean_teacher": 0.96, "mean_teacher_strong": 0.96, "fixmatch": 0.90,
-                "fixmatch_t0.8": 0.90, "fixmatch_dice": 0.90, "fixmatch_da": 0.90, "fixmatch_mild": 0.90, "unimatch": 1.51, "cps": 1.80, "bcp": 1.14}
+                "fixmatch_t0.8": 0.90, "fixmatch_dice": 0.90, "fixmatch_da": 0.90, "fixmatch_mild": 0.90, "fixmatch_bal": 0.90,
+                "unimatch": 1.51, "cps": 1.80, "bcp": 1.14}
 RUN_S, EPOCH_S = 8.0, 4.0
 
 
@@ -216,13 +220,16 @@ def write_split(ds, name: str, labelled_vols, train, val, test, note: str) -> st
 
 
 def score(ckpt: Path, ds, split_name: str) -> dict:
-    """The checkpoint's default network on the validation and the test volumes."""
+    """The checkpoint's default network on the validation and the test volumes (on the GPU if there is one)."""
+    import torch
+
     from octseg.checkpoint import load_networks
     from octseg.data.splits import load_split, split_indices
     from octseg.metrics import score_networks
 
+    device = "cuda" if torch.cuda.is_available() else "cpu"
     idx = split_indices(ds, load_split(ds, split_name))
-    nets, meta = load_networks(ckpt)
+    nets, meta = load_networks(ckpt, device=device)
     default = meta["default_weights"]
     out = {"weights": default}
     for part in ("val", "test"):
@@ -230,7 +237,7 @@ def score(ckpt: Path, ds, split_name: str) -> dict:
         images, gt = np.asarray(ds.images[rows]), np.asarray(ds.masks[rows])
         vols = [ds.slices[r].volume for r in rows]
         rep = score_networks({default: nets[default]}, meta, images, gt, volumes=vols,
-                             class_names=list(ds.classes), batch=32)[default]
+                             class_names=list(ds.classes), batch=32, device=device)[default]
         out[part] = {"dice": {c: rep["pooled"]["dice"][c] for c in ds.classes[1:]},
                      "mean_foreground": rep["mean_foreground_dice"]["pooled"],
                      "mean_foreground_per_volume": rep["mean_foreground_dice"]["per_volume"]}
@@ -269,19 +276,19 @@ def plot(path: Path, summary: dict, regimes, methods, n_lab: dict, reference: di
 
     fig, ax = plt.subplots(figsize=(9.0, 4.6))
     xs = np.arange(len(regimes), dtype=float)
-    cmap = plt.get_cmap("tab10")
+    cmap = plt.get_cmap("tab20" if len(methods) > 10 else "tab10")  # a colour per method
     markers = "osD^vP*X<>"
     width = 0.6 / max(1, len(methods))
     for k, method in enumerate(methods):
         m = [summary[r][method]["test"]["mean_foreground"]["mean"] for r in regimes]
         s = [summary[r][method]["test"]["mean_foreground"]["sd"] or 0.0 for r in regimes]
         off = (k - (len(methods) - 1) / 2) * width
-        ax.errorbar(xs + off, m, yerr=s, color=cmap(k % 10), marker=markers[k % len(markers)], capsize=3, lw=1.4,
+        ax.errorbar(xs + off, m, yerr=s, color=cmap(k % cmap.N), marker=markers[k % len(markers)], capsize=3, lw=1.4,
                     ls="--" if method in SUPERVISED else "-", label=method)
         pts = [(xs[regimes.index(r["regime"])] + off, r["scores"]["test"]["mean_foreground"]) for r in per_run
                if r["method"] == method and r["regime"] in regimes]
         if len(pts) > len(regimes):  # each seed, where there are several
-            ax.scatter(*zip(*pts), color=cmap(k % 10), alpha=0.3, s=10, marker=markers[k % len(markers)])
+            ax.scatter(*zip(*pts), color=cmap(k % cmap.N), alpha=0.3, s=10, marker=markers[k % len(markers)])
     ref = reference.get("test", {}).get("mean_foreground", {})
     if ref.get("mean") is not None:
         ax.axhline(ref["mean"], color="k", lw=1, ls=":", label=f"supervised, all {n_lab[REFERENCE]} vol labelled")
@@ -309,6 +316,51 @@ def run_config(ds, split: str, method: list, seed: int, epochs: int, steps: int,
                                 f"method.mean_teacher.consistency_rampup_epochs={max(1, round(epochs / 4))}", *extra])
 
 
+def _train_in_child(cfg, run_dir: Path, threads: int) -> dict:
+    import torch
+
+    torch.set_num_threads(threads)
+    quiet_lightning()
+    return run_training(cfg, run_dir)[2]
+
+
+def _die_with_parent() -> None:
+    """Worker initialiser: on Linux a worker is killed when the benchmark's process ends, however it ends
+    (Ctrl-C, kill, crash), so no run goes on writing into the workdir (seen: two orphans trained on for
+    minutes after their parent was killed; Lightning catches SIGTERM)."""
+    try:
+        import ctypes
+        import signal
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG
+    except (OSError, AttributeError):  # not Linux: Ctrl-C still cancels the runs not yet started
+        pass
+
+
+def train_parallel(jobs: list, n: int, threads: int) -> None:
+    """Train ``(config, run folder)`` pairs ``n`` at a time, each in a fresh (spawned) process; a run
+    that fails is reported and the others go on (the scoring loop then names it again). An interrupted
+    benchmark cancels what has not started and leaves the started runs to be resumed next time."""
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+
+    t0 = time.time()
+    print(f"training {len(jobs)} runs, {n} at a time ({threads} thread{'s' if threads > 1 else ''} each)", flush=True)
+    pool = ProcessPoolExecutor(max_workers=n, mp_context=mp.get_context("spawn"), initializer=_die_with_parent)
+    try:
+        futures = {pool.submit(_train_in_child, cfg, run_dir, threads): run_dir for cfg, run_dir in jobs}
+        for k, f in enumerate(as_completed(futures), 1):
+            run_dir = futures[f]
+            try:
+                info = f.result()
+                state = "reused" if info.get("reused") else f"{info.get('global_step')} steps"
+            except Exception as exc:  # noqa: BLE001 - report, keep the other runs
+                state = f"FAILED: {type(exc).__name__}: {exc}"
+            print(f"  [{k}/{len(jobs)}] {run_dir}: {state} ({(time.time() - t0) / 60:.1f} min)", flush=True)
+    finally:  # on Ctrl-C: do not wait for the running runs (they end with this process)
+        pool.shutdown(wait=False, cancel_futures=True)
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", type=Path, default=None,
@@ -331,7 +383,10 @@ def main(argv=None) -> int:
                     help=f"default {STEPS} (--quick: {QUICK['steps_per_epoch']})")
     ap.add_argument("--minutes", type=float, default=30.0,
                     help="per-run wall-clock cap, a safety net (default 30)")
-    ap.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2)")
+    ap.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2; per run with --jobs)")
+    ap.add_argument("--jobs", type=int, default=1,
+                    help="training runs at a time, each in its own process (default 1): on a GPU, where one small "
+                         "run leaves the card mostly idle, or on a CPU with cores to spare (give each --threads)")
     ap.add_argument("--quick", action="store_true", help=f"smoke run: {QUICK}")
     ap.add_argument("overrides", nargs="*", help="extra key=value config overrides for every run")
     args = ap.parse_args(argv)
@@ -378,8 +433,8 @@ def main(argv=None) -> int:
     print(f"{len(plan)} runs of {epochs} x {steps} steps; methods {methods}; seeds {seeds}; estimated "
           f"{est / 3600:.1f} h on 2 shared CPU cores (less where run folders are reused)")
 
-    per_run = []
-    for i, (seed, regime, method) in enumerate(plan, 1):
+    runs = []  # (seed, regime, method, labelled volumes, split, run folder, config), in plan order
+    for seed, regime, method in plan:
         order = labelled_order(train_vols, vendor_of, seed, complete)   # a function of the seed only
         lab = order[:n_lab[regime]]
         split = write_split(ds, f"le-n{len(lab)}-s{seed}", lab, train_vols, val_vols, test_vols,
@@ -388,6 +443,12 @@ def main(argv=None) -> int:
         run_dir = workdir / f"n{len(lab)}-s{seed}" / method
         cfg = run_config(ds, split, method_overrides(method), seed, epochs, steps, f"le-n{len(lab)}-s{seed}-{method}",
                          [f"trainer.max_minutes={args.minutes}", *args.overrides])
+        runs.append((seed, regime, method, lab, split, run_dir, cfg))
+    if args.jobs > 1:  # train in parallel; the loop below then reuses the finished runs and scores them
+        train_parallel([(cfg, run_dir) for *_, run_dir, cfg in runs], args.jobs, args.threads)
+
+    per_run = []
+    for i, (seed, regime, method, lab, split, run_dir, cfg) in enumerate(runs, 1):
         print(f"\n[{i}/{len(plan)}] {regime} ({len(lab)} labelled volume{'s' if len(lab) > 1 else ''}), "
               f"seed {seed}, {method} -> {run_dir}")
         t0 = time.time()
@@ -529,7 +590,7 @@ def main(argv=None) -> int:
             "recipe": RECIPE, "synthetic": dict(SYNTH, volumes=volumes), "data_seed": DATA_SEED,
             "heldout_seed": HELDOUT_SEED, "size": list(SIZE), "epochs": epochs, "steps_per_epoch": steps,
             "seeds": seeds, "regimes": regimes, "methods": methods, "labelled_volumes": n_lab,
-            "minutes_cap": args.minutes, "threads": args.threads, "quick": q, "overrides": args.overrides,
+            "minutes_cap": args.minutes, "threads": args.threads, "jobs": args.jobs, "quick": q, "overrides": args.overrides,
             "consistency_rampup_epochs": max(1, round(epochs / 4)), "workdir": str(workdir),
             "checkpoint": "best.ckpt (selected on validation); scored: the checkpoint's default network "
                           "(teacher for mean_teacher and bcp)",

@@ -83,8 +83,9 @@ LOSSES = {
 
 #: Losses on pseudo-labels (``method.fixmatch.unsup_loss``, ``method.unimatch.unsup_loss``): cross-entropy as in
 #: FixMatch / UniMatch on natural images; soft Dice over the confident pixels as UniMatch's medical (ACDC) code uses,
-#: which lets rare classes (fluid) count as much as background; or their sum, the form of the supervised dice_ce.
-PSEUDO_LABEL_LOSSES = ("ce", "dice", "dice_ce")
+#: which lets rare classes (fluid) count as much as background; their sum, the form of the supervised dice_ce; or
+#: cross-entropy with each class weighted by the inverse square root of its share of the batch's pseudo-labels.
+PSEUDO_LABEL_LOSSES = ("ce", "dice", "dice_ce", "balanced_ce")
 
 
 class SegmentationLoss(nn.Module):

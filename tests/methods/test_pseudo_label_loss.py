@@ -1,4 +1,5 @@
-"""``unsup_loss`` of FixMatch and UniMatch: cross-entropy, soft Dice over confident pixels, or both."""
+"""``unsup_loss`` of FixMatch and UniMatch: cross-entropy, soft Dice over confident pixels, both, or class-balanced
+cross-entropy."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from octseg.constants import IGNORE_INDEX
 from octseg.errors import ConfigError
 from octseg.losses import LossConfig, SegmentationLoss
 from octseg.methods import MethodConfig, build_method
-from octseg.methods.pseudo_labels import masked_ce, pseudo_label_loss
+from octseg.methods.pseudo_labels import BALANCE_MAX_WEIGHT, masked_ce, pseudo_label_loss
 from octseg.models import ModelConfig, build_model
 from conftest import TINY_MODEL
 
@@ -53,7 +54,7 @@ def test_dice_ce_is_their_sum_and_nothing_confident_gives_zero_with_a_gradient()
     both = pseudo_label_loss("dice_ce", logits, target, valid)
     assert torch.allclose(both, pseudo_label_loss("dice", logits, target, valid) + masked_ce(logits, target, valid))
     none = torch.full_like(target, IGNORE_INDEX)
-    for kind in ("ce", "dice", "dice_ce"):
+    for kind in ("ce", "dice", "dice_ce", "balanced_ce"):
         loss = pseudo_label_loss(kind, logits, none, valid)
         assert float(loss) == 0.0
         loss.backward()  # still part of the graph
@@ -68,11 +69,12 @@ def test_an_unknown_unsup_loss_is_refused_by_name(name):
 
 
 @pytest.mark.parametrize("name", ["fixmatch", "unimatch"])
-def test_methods_train_with_dice_on_pseudo_labels(name):
+@pytest.mark.parametrize("kind", ["dice", "balanced_ce"])
+def test_methods_train_with_each_loss_on_pseudo_labels(name, kind):
     torch.manual_seed(0)
     cfg = MethodConfig(name=name)
     section = getattr(cfg, name)
-    section.unsup_loss, section.threshold = "dice", 0.0
+    section.unsup_loss, section.threshold = kind, 0.0
     m = build_method(cfg, build_model(ModelConfig(**TINY_MODEL), 4), SegmentationLoss(LossConfig(name="dice_ce"), 4))
     from test_method_contract import _batch, _ctx
     x_l, y_l, x_u, valid_u = _batch()
@@ -80,3 +82,34 @@ def test_methods_train_with_dice_on_pseudo_labels(name):
     assert torch.isfinite(loss) and float(logs["loss_unsup"]) > 0
     loss.backward()
     assert all(p.grad is not None for p in m.trainable_parameters())
+
+
+def _ce_per_pixel(logits, target):
+    return torch.nn.functional.cross_entropy(logits, target, ignore_index=IGNORE_INDEX, reduction="none")
+
+
+def test_balanced_ce_equals_ce_when_classes_are_equally_frequent_or_one_class_is_confident():
+    logits, _, valid = _case(2)
+    target = torch.arange(4).repeat_interleave(128).reshape(2, 16, 16)  # 128 pixels of each class
+    assert torch.allclose(pseudo_label_loss("balanced_ce", logits, target, valid), masked_ce(logits, target, valid))
+    only_bg = torch.zeros_like(target)
+    only_bg[:, :, :4] = IGNORE_INDEX
+    assert torch.allclose(pseudo_label_loss("balanced_ce", logits, only_bg, valid), masked_ce(logits, only_bg, valid))
+
+
+def test_balanced_ce_lifts_a_rare_class_keeps_the_mean_weight_and_caps_the_lift():
+    """100x rarer than background: weight 10x background's (sqrt), the confident pixels' mean weight still 1; 10^4x:
+    capped at BALANCE_MAX_WEIGHT, not 100."""
+    logits = torch.randn(1, 2, 101, 100, generator=torch.Generator().manual_seed(3))
+    valid = torch.ones(1, 101, 100, dtype=torch.bool)
+    for rare, lift in ((100, 100 ** 0.5), (1, BALANCE_MAX_WEIGHT)):
+        target = torch.zeros(1, 101, 100, dtype=torch.long)
+        target.view(-1)[:rare] = 1
+        target.view(-1)[rare + 100 * 100:] = IGNORE_INDEX  # 100 * 100 confident background pixels
+        per = _ce_per_pixel(logits, target)
+        bg, fg = (target == 0), (target == 1)
+        n_bg, n_fg = int(bg.sum()), int(fg.sum())
+        w_bg = (n_bg + n_fg) / (n_bg + lift * n_fg)  # mean weight over the confident pixels is 1
+        want = (w_bg * per[bg].sum() + w_bg * lift * per[fg].sum()) / valid.sum()
+        got = pseudo_label_loss("balanced_ce", logits, target, valid)
+        assert torch.allclose(got, want, rtol=1e-5), (rare, float(got), float(want))
