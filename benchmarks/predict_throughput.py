@@ -139,7 +139,8 @@ def main(argv=None) -> int:
     runs: dict[str, list] = {b: [] for b in predictors}
     for rep in range(a.repeats):
         for backend, p in predictors.items():
-            run = predict_path(p, src, work / f"out_{backend}", progress=False)
+            # a fresh folder per run: octseg predict refuses to write over an earlier run's output
+            run = predict_path(p, src, work / f"out_{backend}_{rep + 1}", progress=False)
             assert run.n_bscans == a.slices and not run.failures
             runs[backend].append({"seconds": run.seconds, "timings": dict(run.timings)})
             print(f"  run {rep + 1} {backend}: {run.seconds:.2f} s "

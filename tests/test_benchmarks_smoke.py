@@ -82,3 +82,14 @@ def test_clinic_read_quick_reads_back_what_it_wrote(tmp_path):
     assert main(["--quick", "--repeats", "1", "--out", str(out)]) == 0  # in-process: it starts no Lightning
     f = json.loads(out.read_text())["figures"]
     assert f["quick"] is True and f["bscans"] == 3 and f["warm_best_seconds"] > 0
+
+
+def test_predict_throughput_repeats_on_a_tiny_volume(tmp_path):
+    """Two timed runs per backend (it once wrote both into one folder, which octseg predict refuses)."""
+    out = tmp_path / "pt.json"
+    proc = _run("predict_throughput.py", "--slices", "2", "--repeats", "2", "--batch", "2", "--no-model-only",
+                "--out", str(out))
+    assert proc.returncode == 0, f"{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}"
+    f = json.loads(out.read_text())["figures"]
+    assert set(f["backends"]) == {"torch", "onnx"}
+    assert all(len(b["all_runs"]) == 2 and b["bscans_per_s"] > 0 for b in f["backends"].values())
