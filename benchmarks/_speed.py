@@ -152,10 +152,7 @@ class OriginalLoop:
             ious.append(1.0 if union == 0 else inter / union)
         return float(loss), float(np.mean(ious))
 
-    def run(self, warmup: int, steps: int, count_flops: bool = False, profile: Path | None = None) -> dict:
-        """Time ``steps`` steps after ``warmup``; ``profile``: a file that receives torch.profiler's tables of
-        the timed steps (operators by device time and by host time) and the share of the wall time the
-        device was busy, which tells a launch-bound step (host time per operator) from a compute-bound one."""
+    def run(self, warmup: int, steps: int, count_flops: bool = False) -> dict:
         """Time ``steps`` steps after ``warmup`` untimed ones; the first warm-up step is counted
         (FLOPs) when asked, so counting never slows a timed step."""
         flops = None
