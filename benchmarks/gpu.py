@@ -231,16 +231,25 @@ def record_step(res: Results, model: str, label: str, raw: dict, peak_kind: str,
     res.save()
 
 
+def step_setup(a, device: str, model: str) -> tuple[dict, int, list]:
+    """(network spec, input size, overrides every octseg step of ``model`` gets): the tiny network at 32x32
+    on the CPU with ``--quick``, the real one at 256x256 on the GPU."""
+    from benchmarks import _speed as S
+
+    spec = S.MODELS["tiny" if a.quick else model]
+    size = 32 if a.quick else 256
+    common = ["trainer.accelerator=cpu"] if device == "cpu" else []
+    extra = (S.model_overrides(spec) + [f"data.size=[{size},{size}]"]) if a.quick else []
+    return spec, size, [*common, *extra]
+
+
 def run_training(res: Results, guard: Guard, a, device: str, data: dict, models: list, compiled: bool) -> None:
     """Part 2: every eager variant per network (``compiled=False``), or the compiled ones."""
     from benchmarks import _speed as S
 
-    size = 32 if a.quick else 256
-    common = ["trainer.accelerator=cpu"] if device == "cpu" else []
     for model in models:
-        spec = S.MODELS["tiny" if a.quick else model]
+        spec, size, setup = step_setup(a, device, model)
         recipe = RECIPES[model]
-        extra = (S.model_overrides(spec) + [f"data.size=[{size},{size}]"]) if a.quick else []
         with res.lock:
             res.figures["training"].setdefault(model, {
                 "network": f"Unet-{spec['encoder']}", "recipe": recipe, "input_size": [size, size],
@@ -266,7 +275,7 @@ def run_training(res: Results, guard: Guard, a, device: str, data: dict, models:
                     peak_kind, flops = "fp32", None
                 else:
                     overrides, peak_kind = STEP_VARIANTS[twin or label]
-                    runner = S.OctsegStep(data["prepared"][size], recipe, [*overrides, *common, *extra], data["work"],
+                    runner = S.OctsegStep(data["prepared"][size], recipe, [*overrides, *setup], data["work"],
                                           compile=a.compile_backend if twin else None)
                     count = not twin and "octseg" not in block["flops_per_step"]
                     raw = runner.run(max(a.warmup, 2) if twin else a.warmup, a.steps, count_flops=count)
@@ -289,17 +298,14 @@ def run_profiles(res: Results, guard: Guard, a, device: str, data: dict, models:
     time goes (``out``'s name + ``_profile_<network>.txt``; the head line also in the JSON)."""
     from benchmarks import _speed as S
 
-    size = 32 if a.quick else 256
     label = "octseg bf16-mixed, channels-last"
-    common = ["trainer.accelerator=cpu"] if device == "cpu" else []
     for model in models:
-        spec = S.MODELS["tiny" if a.quick else model]
-        extra = (S.model_overrides(spec) + [f"data.size=[{size},{size}]"]) if a.quick else []
+        _, size, setup = step_setup(a, device, model)
         if not guard.allows(f"profile {model}", COST["octseg"]):
             continue
         path = out.with_name(f"{out.stem}_profile_{model}.txt")
         try:
-            runner = S.OctsegStep(data["prepared"][size], RECIPES[model], [*STEP_VARIANTS[label][0], *common, *extra],
+            runner = S.OctsegStep(data["prepared"][size], RECIPES[model], [*STEP_VARIANTS[label][0], *setup],
                                   data["work"])
             runner.run(a.warmup, min(a.steps, 5), profile=path)
             del runner

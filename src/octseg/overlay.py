@@ -137,13 +137,14 @@ def montage(tiles: Sequence[tuple[np.ndarray, np.ndarray, str]], classes: Sequen
     for i, (img, lab, cap) in enumerate(tiles):
         r, c = divmod(i, cols)
         x, y = gap + c * (tw + gap), gap + r * (th + cap_h + gap)
-        if (th, tw) != tuple(img.shape):
-            if np.asarray(img).dtype != np.uint8:
+        img, lab = np.asarray(img), np.asarray(lab)
+        if (th, tw) != img.shape:
+            if img.dtype != np.uint8:
                 from octseg.io.images import to_uint8
 
-                img = to_uint8(np.asarray(img))
-            img = np.asarray(Image.fromarray(np.asarray(img)).resize((tw, th), Image.BILINEAR, reducing_gap=2.0))
-            lab = np.asarray(Image.fromarray(np.asarray(lab, dtype=np.uint8)).resize((tw, th), Image.NEAREST))
+                img = to_uint8(img)
+            img = np.asarray(Image.fromarray(img).resize((tw, th), Image.BILINEAR, reducing_gap=2.0))
+            lab = np.asarray(Image.fromarray(lab.astype(np.uint8, copy=False)).resize((tw, th), Image.NEAREST))
         canvas.paste(Image.fromarray(overlay_rgb(img, lab, len(classes), alpha)), (x, y))
         draw.text((x + 2, y + th + cap_h / 2), cap, fill=(230, 230, 230), font=font, anchor="lm")
     canvas.paste(bar, (0, H - bar.height))

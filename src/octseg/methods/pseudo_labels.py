@@ -31,10 +31,12 @@ def strong_view(x: torch.Tensor, targets, valid: torch.Tensor, ctx, cutmix: bool
     return x, (tuple(ts) if many else ts[0]), valid
 
 
-def masked_ce(logits: torch.Tensor, targets: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+def masked_ce(logits: torch.Tensor, targets: torch.Tensor, valid: torch.Tensor,
+              weight: torch.Tensor | None = None) -> torch.Tensor:
     """Cross-entropy summed over the pixels with a target, divided by all valid pixels (UniMatch's
-    convention: few confident pixels give a small loss, not a loudly averaged one)."""
-    ce = F.cross_entropy(logits.float(), targets, ignore_index=IGNORE_INDEX, reduction="sum")
+    convention: few confident pixels give a small loss, not a loudly averaged one); ``weight``: one per
+    class, multiplying each pixel's term (the sum is not renormalised by it)."""
+    ce = F.cross_entropy(logits.float(), targets, weight=weight, ignore_index=IGNORE_INDEX, reduction="sum")
     return ce / valid.sum().clamp_min(1)
 
 
@@ -62,9 +64,7 @@ def balanced_ce(logits: torch.Tensor, targets: torch.Tensor, valid: torch.Tensor
     counts = torch.bincount(targets[conf].long(), minlength=k).float()
     w = torch.where(counts > 0, (counts.max() / counts.clamp_min(1)) ** BALANCE_POWER, torch.zeros_like(counts))
     w = w.clamp(max=BALANCE_MAX_WEIGHT)
-    w = w * counts.sum() / (w * counts).sum()
-    ce = F.cross_entropy(logits.float(), targets, weight=w, ignore_index=IGNORE_INDEX, reduction="none")
-    return ce.sum() / valid.sum().clamp_min(1)
+    return masked_ce(logits, targets, valid, weight=w * counts.sum() / (w * counts).sum())
 
 
 def check_unsup_loss(name: str, section: str) -> None:
