@@ -201,6 +201,51 @@ def run_training(cfg, run_dir: Path) -> tuple[Path, Path, dict]:
     return res.best, res.last, info
 
 
+def _train_in_child(cfg, run_dir: Path, threads: int) -> dict:
+    import torch
+
+    torch.set_num_threads(threads)
+    quiet_lightning()
+    return run_training(cfg, run_dir)[2]
+
+
+def _die_with_parent() -> None:
+    """Worker initialiser: on Linux a worker is killed when the benchmark's process ends, however it ends
+    (Ctrl-C, kill, crash), so no run goes on writing into the workdir (seen: two orphans trained on for
+    minutes after their parent was killed; Lightning catches SIGTERM)."""
+    try:
+        import ctypes
+        import signal
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG
+    except (OSError, AttributeError):  # not Linux: Ctrl-C still cancels the runs not yet started
+        pass
+
+
+def train_parallel(jobs: list, n: int, threads: int) -> None:
+    """Train ``(config, run folder)`` pairs ``n`` at a time, each in a fresh (spawned) process; a run
+    that fails is reported and the others go on (the scoring loop then names it again). An interrupted
+    benchmark cancels what has not started and leaves the started runs to be resumed next time."""
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+
+    t0 = time.time()
+    print(f"training {len(jobs)} runs, {n} at a time ({threads} thread{'s' if threads > 1 else ''} each)", flush=True)
+    pool = ProcessPoolExecutor(max_workers=n, mp_context=mp.get_context("spawn"), initializer=_die_with_parent)
+    try:
+        futures = {pool.submit(_train_in_child, cfg, run_dir, threads): run_dir for cfg, run_dir in jobs}
+        for k, f in enumerate(as_completed(futures), 1):
+            run_dir = futures[f]
+            try:
+                info = f.result()
+                state = "reused" if info.get("reused") else f"{info.get('global_step')} steps"
+            except Exception as exc:  # noqa: BLE001 - report, keep the other runs
+                state = f"FAILED: {type(exc).__name__}: {exc}"
+            print(f"  [{k}/{len(jobs)}] {run_dir}: {state} ({(time.time() - t0) / 60:.1f} min)", flush=True)
+    finally:  # on Ctrl-C: do not wait for the running runs (they end with this process)
+        pool.shutdown(wait=False, cancel_futures=True)
+
+
 def save_split(ds, name: str, parts: dict, volumes: dict, note: str, seed=None) -> str:
     """A hand-made split in the format of `octseg split`, written only when it changed."""
     from octseg import __version__

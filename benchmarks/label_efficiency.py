@@ -78,7 +78,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 from benchmarks._common import (SUPERVISED, all_methods, ci_text, fmt, mean_sd, mean_teacher_target,  # noqa: E402
                                 method_overrides, paired, print_table, quiet_lightning, rank_key, run_training,
-                                save_split, spread, write_results)
+                                save_split, spread, train_parallel, write_results)
 
 RECIPE = "demo_cpu"
 # The recipe's network (U-Net ResNet18, decoder 256-...-16) at 96x96. Lighter networks were measured and
@@ -316,51 +316,6 @@ def run_config(ds, split: str, method: list, seed: int, epochs: int, steps: int,
                                 f"method.mean_teacher.consistency_rampup_epochs={max(1, round(epochs / 4))}", *extra])
 
 
-def _train_in_child(cfg, run_dir: Path, threads: int) -> dict:
-    import torch
-
-    torch.set_num_threads(threads)
-    quiet_lightning()
-    return run_training(cfg, run_dir)[2]
-
-
-def _die_with_parent() -> None:
-    """Worker initialiser: on Linux a worker is killed when the benchmark's process ends, however it ends
-    (Ctrl-C, kill, crash), so no run goes on writing into the workdir (seen: two orphans trained on for
-    minutes after their parent was killed; Lightning catches SIGTERM)."""
-    try:
-        import ctypes
-        import signal
-
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG
-    except (OSError, AttributeError):  # not Linux: Ctrl-C still cancels the runs not yet started
-        pass
-
-
-def train_parallel(jobs: list, n: int, threads: int) -> None:
-    """Train ``(config, run folder)`` pairs ``n`` at a time, each in a fresh (spawned) process; a run
-    that fails is reported and the others go on (the scoring loop then names it again). An interrupted
-    benchmark cancels what has not started and leaves the started runs to be resumed next time."""
-    import multiprocessing as mp
-    from concurrent.futures import ProcessPoolExecutor, as_completed
-
-    t0 = time.time()
-    print(f"training {len(jobs)} runs, {n} at a time ({threads} thread{'s' if threads > 1 else ''} each)", flush=True)
-    pool = ProcessPoolExecutor(max_workers=n, mp_context=mp.get_context("spawn"), initializer=_die_with_parent)
-    try:
-        futures = {pool.submit(_train_in_child, cfg, run_dir, threads): run_dir for cfg, run_dir in jobs}
-        for k, f in enumerate(as_completed(futures), 1):
-            run_dir = futures[f]
-            try:
-                info = f.result()
-                state = "reused" if info.get("reused") else f"{info.get('global_step')} steps"
-            except Exception as exc:  # noqa: BLE001 - report, keep the other runs
-                state = f"FAILED: {type(exc).__name__}: {exc}"
-            print(f"  [{k}/{len(jobs)}] {run_dir}: {state} ({(time.time() - t0) / 60:.1f} min)", flush=True)
-    finally:  # on Ctrl-C: do not wait for the running runs (they end with this process)
-        pool.shutdown(wait=False, cancel_futures=True)
-
-
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", type=Path, default=None,
@@ -390,6 +345,8 @@ def main(argv=None) -> int:
     ap.add_argument("--quick", action="store_true", help=f"smoke run: {QUICK}")
     ap.add_argument("overrides", nargs="*", help="extra key=value config overrides for every run")
     args = ap.parse_args(argv)
+    if args.jobs < 1:
+        ap.error(f"--jobs {args.jobs}: give 1 or more runs at a time")
 
     import torch
 

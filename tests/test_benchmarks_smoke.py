@@ -93,3 +93,11 @@ def test_predict_throughput_repeats_on_a_tiny_volume(tmp_path):
     f = json.loads(out.read_text())["figures"]
     assert set(f["backends"]) == {"torch", "onnx"}
     assert all(len(b["all_runs"]) == 2 and b["bscans_per_s"] > 0 for b in f["backends"].values())
+
+
+def test_label_efficiency_refuses_jobs_below_one(capsys):
+    from benchmarks.label_efficiency import main
+
+    with pytest.raises(SystemExit) as exc:
+        main(["--jobs", "0"])
+    assert exc.value.code == 2 and "--jobs 0: give 1 or more" in capsys.readouterr().err
