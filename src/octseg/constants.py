@@ -7,6 +7,8 @@ from __future__ import annotations
 IGNORE_INDEX = 255
 #: The same value under the name the data layer uses for a B-scan without a label map.
 UNLABELLED = IGNORE_INDEX
+#: Label value of background in every label set (the first class).
+BACKGROUND = 0
 #: RETOUCH's label set, the default for OCT fluid segmentation.
 RETOUCH_CLASSES: tuple[str, ...] = ("background", "IRF", "SRF", "PED")
 #: Binary fluid label set (e.g. the Duke DME annotations).

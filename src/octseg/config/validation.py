@@ -152,11 +152,13 @@ _RULES: list[tuple[str, Rule]] = [
     ("method.fixmatch.unsup_loss", one_of(*PSEUDO_LABEL_LOSSES)),
     ("method.fixmatch.distribution_alignment", FLAG),
     ("method.fixmatch.alignment_start", PROBABILITY),  # a fraction of the run's steps
+    ("method.fixmatch.background_guard", integer(0)),  # pixels
     ("method.unimatch.threshold", PROBABILITY),
     ("method.unimatch.weight", NON_NEGATIVE),
     ("method.unimatch.feature_dropout", number(0, 1, hi_open=True)),  # 1 would divide by zero
     ("method.unimatch.cutmix", FLAG),
     ("method.unimatch.unsup_loss", one_of(*PSEUDO_LABEL_LOSSES)),
+    ("method.unimatch.background_guard", integer(0)),  # pixels
     ("method.cps.weight", NON_NEGATIVE),
     ("method.cps.cutmix", FLAG),
     ("method.bcp.box_fraction", number(0, 1, lo_open=True)),

@@ -17,6 +17,9 @@ its baseline for semantic segmentation.
   probabilities before the threshold (:class:`~octseg.methods.pseudo_labels.DistributionAlignment`), so a
   class the network under-predicts is not also under-represented among the pseudo-labels; applied once
   ``alignment_start`` (0.2) of the run's steps are done.
+* ``background_guard`` (pixels, 0 = off): a background pseudo-label needs its whole neighbourhood of that
+  radius confidently background, so self-training cannot erode a fluid class the network is unsure of
+  (:func:`~octseg.methods.pseudo_labels.weak_targets`).
 * Labelled, weak and strong views go through the network as separate BatchNorm batches by
   default; ``joint_batch: true`` passes the labelled and the strong views as one batch, as the
   published code does (measured against separate batches in ``benchmarks/joint_batchnorm.py``).
@@ -37,7 +40,8 @@ from octseg.methods.pseudo_labels import (DistributionAlignment, check_unsup_los
 @dataclass
 class FixMatchConfig:
     """``method.fixmatch.*``: confidence threshold, unlabelled loss weight and kind, CutMix on/off,
-    whether the labelled and strong views share one BatchNorm batch, and distribution alignment."""
+    whether the labelled and strong views share one BatchNorm batch, distribution alignment, and the
+    background guard's radius."""
 
     threshold: float = 0.95
     weight: float = 1.0
@@ -46,6 +50,7 @@ class FixMatchConfig:
     joint_batch: bool = False
     distribution_alignment: bool = False
     alignment_start: float = 0.2
+    background_guard: int = 0
 
 
 class FixMatch(Method):
@@ -63,7 +68,7 @@ class FixMatch(Method):
             return sup, {"loss_sup": sup.detach()}
         align = None if self.alignment is None else (lambda probs, valid: self.alignment(
             probs, valid, y_l, apply=ctx.progress >= self.cfg.alignment_start))
-        target, valid = weak_targets(self.student, x_u, ctx, self.cfg.threshold, align)
+        target, valid = weak_targets(self.student, x_u, ctx, self.cfg.threshold, align, self.cfg.background_guard)
         x_s, target, valid = strong_view(x_u, target, valid, ctx, self.cfg.cutmix)
         if self.cfg.joint_batch:
             logits_l, logits_s = self.student(ctx.normalise(torch.cat([x_l, x_s]))).split([len(x_l), len(x_s)])

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from octseg.constants import IGNORE_INDEX
+from octseg.constants import BACKGROUND, IGNORE_INDEX
 from octseg.errors import ConfigError
 from octseg.losses import PSEUDO_LABEL_LOSSES, soft_dice_loss
 
@@ -134,16 +134,39 @@ class DistributionAlignment(nn.Module):
         return aligned / aligned.sum(1, keepdim=True)
 
 
+def guarded_background(sure_background: torch.Tensor, radius: int) -> torch.Tensor:
+    """Where every pixel within ``radius`` (a square of side 2 radius + 1) is in ``sure_background``
+    (N, H, W bool): a binary erosion. Pixels beyond the image do not count against a pixel."""
+    x = sure_background[:, None].float()
+    return (-F.max_pool2d(-x, 2 * radius + 1, stride=1, padding=radius))[:, 0] > 0.5
+
+
 def weak_targets(net, x_u: torch.Tensor, ctx, threshold: float,
-                 align=None) -> tuple[torch.Tensor, torch.Tensor]:
+                 align=None, background_guard: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     """(pseudo-labels of ``net`` on the weak views, validity): IGNORE_INDEX where the top class
     probability is below ``threshold`` or the pixel is not valid; no gradient. ``align``: a function of
-    the probabilities and validity applied before the threshold (e.g. :class:`DistributionAlignment`)."""
+    the probabilities and validity applied before the threshold (e.g. :class:`DistributionAlignment`).
+
+    ``background_guard`` (pixels, 0 = off): a background pseudo-label also needs every pixel within that
+    radius to be confident background (or outside the scan). Why: a class the network under-predicts sits
+    in pixels that are not confidently background, ringed by confident background; training the ring as
+    background shrinks the class step by step until self-training has erased it (the labelled volume's rare
+    PED fell from 0.12 Dice to 0.01 under CPS, BCP and class-balanced FixMatch). The guard leaves that ring
+    unlabelled, so the unlabelled loss never pushes fluid it is unsure of towards background; fluid
+    pseudo-labels and background far from any doubt are unchanged. Measured (benchmarks/label_efficiency.py,
+    radius 3 at 96x96, 3 seeds): it did not stop the loss of PED and cost FixMatch 0.027 and UniMatch 0.016
+    mean foreground Dice, so it is off by default."""
     valid = valid_or_all(x_u, ctx)
     with torch.no_grad():
         probs = net(ctx.normalise(x_u)).float().softmax(1)
-        conf, pseudo = (probs if align is None else align(probs, valid)).max(1)
-    return torch.where((conf >= threshold) & valid, pseudo, torch.full_like(pseudo, IGNORE_INDEX)), valid
+        if align is not None:
+            probs = align(probs, valid)
+        conf, pseudo = probs.max(1)
+        keep = (conf >= threshold) & valid
+        if background_guard > 0:
+            sure = (probs[:, BACKGROUND] >= threshold) | ~valid
+            keep &= (pseudo != BACKGROUND) | guarded_background(sure, background_guard)
+    return torch.where(keep, pseudo, torch.full_like(pseudo, IGNORE_INDEX)), valid
 
 
 def valid_or_all(x_u: torch.Tensor, ctx) -> torch.Tensor:

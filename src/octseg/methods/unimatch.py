@@ -9,6 +9,8 @@ Segmentation", CVPR 2023): FixMatch widened in two directions.
 * Loss = supervised + ``weight`` × (0.25 · strong₁ + 0.25 · strong₂ + 0.5 · feature), each the
   ``unsup_loss`` over confident pixels (``ce``, ``dice`` as the paper's medical code, or ``dice_ce``; see
   FixMatch); threshold 0.95 as in the paper.
+* ``background_guard`` (pixels, 0 = off): as FixMatch's, background pseudo-labels only where the whole
+  neighbourhood is confidently background.
 
 Needs a segmentation-models-pytorch network (``encoder`` / ``decoder`` / ``segmentation_head``),
 which every octseg model is.
@@ -28,13 +30,15 @@ from octseg.methods.pseudo_labels import check_unsup_loss, pseudo_label_loss, st
 
 @dataclass
 class UniMatchConfig:
-    """``method.unimatch.*``: threshold, unlabelled weight and kind, feature dropout, CutMix on/off."""
+    """``method.unimatch.*``: threshold, unlabelled weight and kind, feature dropout, CutMix on/off, the
+    background guard's radius."""
 
     threshold: float = 0.95
     weight: float = 1.0
     unsup_loss: str = "ce"
     feature_dropout: float = 0.5
     cutmix: bool = True
+    background_guard: int = 0
 
 
 def forward_with_feature_dropout(model, x: torch.Tensor, p: float, g: torch.Generator) -> torch.Tensor:
@@ -65,14 +69,16 @@ class UniMatch(Method):
         sup = self.supervised_loss(self.student(ctx.normalise(x_l)), y_l)
         if x_u is None or x_u.shape[0] == 0:
             return sup, {"loss_sup": sup.detach()}
-        target, valid = weak_targets(self.student, x_u, ctx, self.cfg.threshold)
-        loss = self.cfg.unsup_loss
-        fp = pseudo_label_loss(loss, forward_with_feature_dropout(self.student, ctx.normalise(x_u),
-                                                                  self.cfg.feature_dropout, ctx.generator), target, valid)
+        target, valid = weak_targets(self.student, x_u, ctx, self.cfg.threshold,
+                                     background_guard=self.cfg.background_guard)
+        kind = self.cfg.unsup_loss
+        perturbed = forward_with_feature_dropout(self.student, ctx.normalise(x_u), self.cfg.feature_dropout,
+                                                 ctx.generator)
+        fp = pseudo_label_loss(kind, perturbed, target, valid)
         strong = []
         for _ in range(2):
             x_s, t_s, v_s = strong_view(x_u, target, valid, ctx, self.cfg.cutmix)
-            strong.append(pseudo_label_loss(loss, self.student(ctx.normalise(x_s)), t_s, v_s))
+            strong.append(pseudo_label_loss(kind, self.student(ctx.normalise(x_s)), t_s, v_s))
         unsup = 0.25 * strong[0] + 0.25 * strong[1] + 0.5 * fp
         return sup + self.cfg.weight * unsup, {"loss_sup": sup.detach(), "loss_unsup": unsup.detach(),
                                                "loss_fp": fp.detach()}
