@@ -132,9 +132,9 @@ def start_watchdog(results: Results, limit: float) -> None:
     t.start()
 
 
-def fail_to_import() -> int:
+def fail_to_import(modules=("numpy", "torch", "lightning", "segmentation_models_pytorch", "octseg")) -> int:
     missing = []
-    for mod in ("numpy", "torch", "lightning", "segmentation_models_pytorch", "octseg"):
+    for mod in modules:
         try:
             __import__(mod)
         except ImportError as exc:
@@ -508,16 +508,19 @@ def main(argv=None) -> int:
                          "tables of the octseg bf16 channels-last step of each network, written beside --out")
     a = ap.parse_args(argv)
 
-    rc = fail_to_import()
+    rc = fail_to_import(("numpy", "torch"))
     if rc:
         return rc
     import torch
 
-    if not torch.cuda.is_available() and not a.quick:
+    if not torch.cuda.is_available() and not a.quick:  # said before the slow imports of the rest
         print(f"gpu.py: torch {torch.__version__} sees no CUDA GPU here (built for CUDA {torch.version.cuda}); "
               "this benchmark measures a GPU. Run it on a CUDA machine, or pass --quick for a CPU smoke test of "
               "every code path.", file=sys.stderr)
         return 2
+    rc = fail_to_import()
+    if rc:
+        return rc
     device = "cpu" if a.quick else "cuda"
     a.parts = a.parts or list(PARTS if a.quick else PARTS[:-1])
     a.steps = a.steps or (1 if a.quick else 10)

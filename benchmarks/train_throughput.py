@@ -46,7 +46,7 @@ from benchmarks import _speed as S  # noqa: E402
 from benchmarks._common import print_table, quiet_lightning, write_results  # noqa: E402
 from octseg.demo import SIZE as DEMO_SIZE  # noqa: E402
 
-TARGET = 1.3  # octseg's ResNet50 step vs the original loop, steps/s
+TARGET = 1.5  # octseg's ResNet50 step vs the original loop, steps/s (issue 15: >= 1.5x in float32 without bf16)
 ORIGINAL = "original loop (fp32)"
 
 

@@ -92,11 +92,16 @@ def resolve_precision(precision: str, accelerator: str = "auto") -> str:
     on_gpu = accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available()
     if on_gpu:
         return "bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed"
+    return "bf16-mixed" if cpu_has_native_bf16() else "32"
+
+
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU computes bf16 in hardware (AVX512-BF16 / AMX): elsewhere oneDNN emulates it,
+    several times slower than float32."""
     try:
-        native = torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
+        return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
     except (AttributeError, RuntimeError):
-        native = False
-    return "bf16-mixed" if native else "32"
+        return False
 
 
 def _mid_epoch_checkpoints(cfg: Config, run_dir: Path) -> list:
