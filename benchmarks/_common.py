@@ -52,18 +52,24 @@ SUPERVISED = ("supervised", "supervised_strong")
 #: does: confident fluid pixels are few, and in a cross-entropy averaged over all pixels background drowns them.
 #: ``fixmatch_da`` aligns the pseudo-labels' class distribution with the labels' (ReMixMatch): with one labelled
 #: volume a rare class is under-predicted, hence rarer still among the pseudo-labels. ``fixmatch_mild`` halves the
-#: strong augmentation's magnitudes (and cutout's probability): at full strength it costs supervised training 0.09.
+#: strong augmentation's magnitudes (and cutout's probability): at full strength it costs supervised training 0.09;
+#: ``unimatch_mild`` does the same to UniMatch, the best method on validation.
 #: ``fixmatch_bal`` weights the pseudo-labels' cross-entropy by class rarity (``balanced_ce``):
 #: FixMatch and UniMatch gained on IRF and lost or stood still on the rare SRF/PED (1000-step GPU runs).
+#: ``fixmatch_guard`` / ``unimatch_guard`` keep background pseudo-labels only 3 pixels (at 96x96) away from any
+#: pixel that is not confidently background (``background_guard``): pseudo-label methods erased the rare class.
+MILD_STRONG = ["augment.strong_brightness=0.12", "augment.strong_contrast=0.2", "augment.strong_gamma=0.25",
+               "augment.speckle_std=0.12", "augment.cutout_p=0.25"]
 EXTRA = {"supervised_strong": ("supervised", ["augment.strong=true"]),
          "fixmatch_t0.8": ("fixmatch", ["method.fixmatch.threshold=0.8"]),
          "fixmatch_dice": ("fixmatch", ["method.fixmatch.unsup_loss=dice"]),
          "fixmatch_da": ("fixmatch", ["method.fixmatch.distribution_alignment=true"]),
          "fixmatch_bal": ("fixmatch", ["method.fixmatch.unsup_loss=balanced_ce"]),
+         "fixmatch_guard": ("fixmatch", ["method.fixmatch.background_guard=3"]),
+         "unimatch_guard": ("unimatch", ["method.unimatch.background_guard=3"]),
          "mean_teacher_strong": ("mean_teacher", ["method.mean_teacher.strong=true"]),
-         "fixmatch_mild": ("fixmatch", ["augment.strong_brightness=0.12", "augment.strong_contrast=0.2",
-                                        "augment.strong_gamma=0.25", "augment.speckle_std=0.12",
-                                        "augment.cutout_p=0.25"])}
+         "fixmatch_mild": ("fixmatch", MILD_STRONG),
+         "unimatch_mild": ("unimatch", MILD_STRONG)}
 
 
 def quiet_lightning() -> None:

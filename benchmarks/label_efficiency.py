@@ -45,9 +45,9 @@ method (chosen on validation) >= best supervised + 0.05 with the 95 % interval a
 Time on 2 CPU cores (AMD EPYC without bf16, so float32): the supervised step takes about 0.41 s
 alone at 96x96 (measured in ``octseg demo``); the semi-supervised methods cost 2.2-4.4 times that
 (``SEC_PER_STEP``, scaled from side-by-side 40-step runs of the ResNet18 recipe). The s/step column of
-a run on a busy machine is that run's wall time per step, not the method's cost. The default plan (3 regimes x 3 seeds x 13
-methods and variants + 3 reference runs = 120 runs of 300 steps) is estimated at about 11.1 h (``estimate_seconds``,
-printed at the start), over the 3-hour budget; ``--regimes 1v`` (42 runs) at about 3.8 h. Three
+a run on a busy machine is that run's wall time per step, not the method's cost. The default plan (3 regimes x 3 seeds x 16
+methods and variants + 3 reference runs = 147 runs of 300 steps) is estimated at about 14.4 h (``estimate_seconds``,
+printed at the start), over the 3-hour budget; ``--regimes 1v`` (51 runs) at about 4.9 h. Three
 processes of one thread each, one per seed, share 2 cores better than one of two threads; runs
 of several processes on one workdir are safe once the first has prepared the data (start it
 first). ``--quick`` (1 seed, 1v and 2v, 4 methods, 9 runs of 2 x 3 steps on 24 volumes) takes about
@@ -107,7 +107,7 @@ QUICK = {"volumes": 24, "n_val": 3, "n_test": 6, "epochs": 2, "steps_per_epoch":
 # the ResNet18 recipe; per-run fixed cost (start-up, scoring) and cost per epoch (validation, checkpoints).
 SEC_PER_STEP = {"supervised": 0.41, "supervised_strong": 0.41, "mean_teacher": 0.96, "mean_teacher_strong": 0.96, "fixmatch": 0.90,
                 "fixmatch_t0.8": 0.90, "fixmatch_dice": 0.90, "fixmatch_da": 0.90, "fixmatch_mild": 0.90, "fixmatch_bal": 0.90,
-                "unimatch": 1.51, "cps": 1.80, "bcp": 1.14}
+                "fixmatch_guard": 0.90, "unimatch": 1.51, "unimatch_guard": 1.51, "unimatch_mild": 1.51, "cps": 1.80, "bcp": 1.14}
 RUN_S, EPOCH_S = 8.0, 4.0
 
 
