@@ -2,12 +2,24 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))  # so tests can `import fakes`
+
+
+def pytest_configure(config):
+    """Under pytest-xdist (``make test`` runs 2 workers) every worker and the processes its tests start get
+    one intra-op thread: two workers of two threads each on 2 cores would oversubscribe them, which costs
+    OpenMP up to 100x (see ``one_thread``)."""
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        os.environ["OMP_NUM_THREADS"] = "1"
+        import torch
+
+        torch.set_num_threads(1)
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
