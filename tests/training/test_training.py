@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import time
+import warnings
 
 import pytest
 import torch
@@ -239,7 +240,12 @@ def test_resume_equals_uninterrupted_run(tiny_prepared, tmp_path, method):
     full = train(load_config(None, base + ["trainer.max_epochs=2"]), out_dir=tmp_path / "full")
     # "killed" after epoch 1, then resumed to epoch 2
     train(load_config(None, base + ["trainer.max_epochs=1"]), out_dir=tmp_path / "split")
-    resumed = train(load_config(None, base + ["trainer.max_epochs=2"]), out_dir=tmp_path / "split", resume=True)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        resumed = train(load_config(None, base + ["trainer.max_epochs=2"]), out_dir=tmp_path / "split", resume=True)
+    # the first part's log was kept as metrics.part1.csv: Lightning's "will be deleted" warning would only alarm
+    assert not [w for w in caught if "will be deleted" in str(w.message)]
+    assert (tmp_path / "split" / "logs" / "metrics.part1.csv").is_file()
     a, b = _final_state(full.run_dir), _final_state(resumed.run_dir)
     assert a["global_step"] == b["global_step"] == 8
     for k in a["state_dict"]:

@@ -278,6 +278,8 @@ def _train(cfg: Config, run_dir: Path, resume: bool, extra_callbacks) -> TrainRe
                   + (f"; 2.5D input: each B-scan with {cfg.model.context_slices} neighbour(s) on each side"
                      if cfg.model.context_slices else "")
                   + (f"; {trainer.world_size} processes, each its own B-scans" if trainer.world_size > 1 else ""))
+        if resume:  # its metrics.csv was kept as metrics.partN.csv above: nothing of it will be deleted
+            warnings.filterwarnings("ignore", message="Experiment logs directory .* exists and is not empty")
         t0 = time.time()
         trainer.fit(module, train_loader, val_loader, ckpt_path=str(last) if resume else None)
     best = run_dir / "checkpoints" / "best.ckpt"
