@@ -93,9 +93,13 @@ def all_methods() -> list:
     return out
 
 
+def base_method(name: str) -> str:
+    """The registered method a benchmark method name trains (itself, or the method of an ``EXTRA`` variant)."""
+    return EXTRA.get(name, (name, []))[0]
+
+
 def method_overrides(name: str) -> list:
-    base, extra = EXTRA.get(name, (name, []))
-    return [f"method.name={base}", *extra]
+    return [f"method.name={base_method(name)}", *EXTRA.get(name, (name, []))[1]]
 
 
 def spread(values) -> dict:

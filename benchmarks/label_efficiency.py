@@ -76,9 +76,9 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-from benchmarks._common import (SUPERVISED, all_methods, ci_text, fmt, mean_sd, mean_teacher_target,  # noqa: E402
-                                method_overrides, paired, print_table, quiet_lightning, rank_key, run_training,
-                                save_split, spread, train_parallel, write_results)
+from benchmarks._common import (SUPERVISED, all_methods, base_method, ci_text, fmt, mean_sd,  # noqa: E402
+                                mean_teacher_target, method_overrides, paired, print_table, quiet_lightning, rank_key,
+                                run_training, save_split, spread, train_parallel, write_results)
 
 RECIPE = "demo_cpu"
 # The recipe's network (U-Net ResNet18, decoder 256-...-16) at 96x96. Lighter networks were measured and
@@ -104,15 +104,14 @@ QUICK = {"volumes": 24, "n_val": 3, "n_test": 6, "epochs": 2, "steps_per_epoch":
          "methods": ["supervised", "supervised_strong", "fixmatch", "mean_teacher"]}
 # For the time estimate: seconds per training step on 2 idle cores (AMD EPYC, float32; 96x96, batch 4 + 4):
 # the ResNet18 U-Net's supervised step (0.41 s, measured in octseg demo), the others scaled by the ratios of side-by-side 40-step runs of
-# the ResNet18 recipe; per-run fixed cost (start-up, scoring) and cost per epoch (validation, checkpoints).
-SEC_PER_STEP = {"supervised": 0.41, "supervised_strong": 0.41, "mean_teacher": 0.96, "mean_teacher_strong": 0.96, "fixmatch": 0.90,
-                "fixmatch_t0.8": 0.90, "fixmatch_dice": 0.90, "fixmatch_da": 0.90, "fixmatch_mild": 0.90, "fixmatch_bal": 0.90,
-                "fixmatch_guard": 0.90, "unimatch": 1.51, "unimatch_guard": 1.51, "unimatch_mild": 1.51, "cps": 1.80, "bcp": 1.14}
+# the ResNet18 recipe; a variant (``EXTRA``) costs what its method costs. Per-run fixed cost (start-up, scoring) and cost
+# per epoch (validation, checkpoints).
+SEC_PER_STEP = {"supervised": 0.41, "mean_teacher": 0.96, "fixmatch": 0.90, "unimatch": 1.51, "cps": 1.80, "bcp": 1.14}
 RUN_S, EPOCH_S = 8.0, 4.0
 
 
 def estimate_seconds(plan, epochs: int, steps: int) -> float:
-    return sum(SEC_PER_STEP.get(m, max(SEC_PER_STEP.values())) * epochs * steps + RUN_S + EPOCH_S * epochs
+    return sum(SEC_PER_STEP.get(base_method(m), max(SEC_PER_STEP.values())) * epochs * steps + RUN_S + EPOCH_S * epochs
                for _, _, m in plan)
 
 
