@@ -115,13 +115,9 @@ def load_native(folder: Path):
 
 def band_masks(gt: np.ndarray, margin: int) -> np.ndarray:
     """gt with 255 (ignored) outside [first fluid column - margin, last + margin] of the subject."""
-    cols = np.flatnonzero((gt == 1).any(axis=(0, 1)))
-    out = gt.copy()
-    if len(cols):
-        lo, hi = max(0, int(cols[0]) - margin), min(gt.shape[2] - 1, int(cols[-1]) + margin)
-        out[:, :, :lo] = 255
-        out[:, :, hi + 1:] = 255
-    return out
+    from octseg.data.label_band import unlabel_outside_fluid_band
+
+    return unlabel_outside_fluid_band(gt, range(len(gt)), ["subject"] * len(gt), margin)[0]
 
 
 def score(ckpt: Path, subjects: dict) -> dict:

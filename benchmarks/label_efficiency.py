@@ -20,7 +20,12 @@ training volumes labelled ("all labelled").
 Methods (``--methods``, default every method of ``octseg.methods.METHODS`` plus
 ``supervised_strong`` = ``method.name=supervised augment.strong=true``). Each is compared with the
 BETTER of the two supervised baselines of its regime, chosen on the validation mean foreground
-Dice (mean over seeds), never on test.
+Dice (mean over seeds), never on test. Besides the variants of ``_common.EXTRA``, two-stage
+semi-supervised ones (``POOL_PRETRAINED``, by name only): ``supervised_mim``, ``supervised_denoise``,
+``fixmatch_mim`` and ``unimatch_mim`` fine-tune from an encoder pretrained with ``octseg pretrain``
+(masked-image modelling or denoising, ``POOL_PRETRAIN`` steps) on the 48 training volumes' B-scans
+without labels (written once to ``WORKDIR/pretrain-pool``, the encoder to ``WORKDIR/encoders``; never
+a validation or test volume), one encoder for every seed.
 
 Recipe: ``configs/demo_cpu.yaml`` (U-Net ResNet18 from scratch, decoder 256-128-64-32-16, dice+CE,
 AdamW 1e-3 cosine, batch 4 labelled + 4 unlabelled (``PINNED``), EMA 0.99, consistency weight 1) at
@@ -106,13 +111,55 @@ QUICK = {"volumes": 24, "n_val": 3, "n_test": 6, "epochs": 2, "steps_per_epoch":
 # the ResNet18 U-Net's supervised step (0.41 s, measured in octseg demo), the others scaled by the ratios of side-by-side 40-step runs of
 # the ResNet18 recipe; a variant (``EXTRA``) costs what its method costs. Per-run fixed cost (start-up, scoring) and cost
 # per epoch (validation, checkpoints).
+#: Two-stage semi-supervised variants: the method fine-tuned from an encoder that ``octseg pretrain`` trained
+#: (objective after the underscore) on the B-scans of every training volume without their labels (the labelled
+#: volumes' images too; never a validation or test volume), once per workdir and shared by every seed.
+POOL_PRETRAINED = {"supervised_mim": ("supervised", "mim"), "fixmatch_mim": ("fixmatch", "mim"),
+                   "unimatch_mim": ("unimatch", "mim"), "supervised_denoise": ("supervised", "denoise")}
+POOL_PRETRAIN = {"steps": 1000, "batch": 8}  # QUICK: 2 steps of 2
 SEC_PER_STEP = {"supervised": 0.41, "mean_teacher": 0.96, "fixmatch": 0.90, "unimatch": 1.51, "cps": 1.80, "bcp": 1.14}
 RUN_S, EPOCH_S = 8.0, 4.0
 
 
 def estimate_seconds(plan, epochs: int, steps: int) -> float:
-    return sum(SEC_PER_STEP.get(base_method(m), max(SEC_PER_STEP.values())) * epochs * steps + RUN_S + EPOCH_S * epochs
-               for _, _, m in plan)
+    return sum(SEC_PER_STEP.get(base_method(POOL_PRETRAINED.get(m, (m,))[0]), max(SEC_PER_STEP.values())) * epochs
+               * steps + RUN_S + EPOCH_S * epochs for _, _, m in plan)
+
+
+def known_methods() -> list:
+    """Every registered method and ``EXTRA`` variant (``all_methods``), then the pool-pretrained ones."""
+    return all_methods() + list(POOL_PRETRAINED)
+
+
+def pool_encoder(workdir: Path, ds, train_vols: list, objective: str, quick: bool) -> Path:
+    """The encoder file of ``objective`` pretrained on the training volumes' B-scans (images only), made once."""
+    from PIL import Image
+
+    from benchmarks.pretrain_objectives import pretrain_encoder
+
+    pool = workdir / "pretrain-pool"
+    done = pool / "done.json"
+    if not done.is_file():  # the training volumes' prepared B-scans as an image folder octseg reads
+        train = set(train_vols)
+        rows = [i for i, s in enumerate(ds.slices) if s.volume in train]
+        (pool / "images").mkdir(parents=True, exist_ok=True)
+        for i in rows:
+            Image.fromarray(np.asarray(ds.images[i])).save(pool / "images" / f"{ds.slices[i].id}.png")
+        done.write_text(json.dumps({"volumes": sorted(train), "bscans": len(rows)}))
+    n = POOL_PRETRAIN if not quick else {"steps": 2, "batch": 2}
+    model = {"encoder": "resnet18", "encoder_depth": 5, "decoder_channels": [256, 128, 64, 32, 16]}
+    out = workdir / "encoders" / f"pool-{objective}.pth"
+    pretrain_encoder(objective, out, pool / "images", SIZE, model, n["steps"], n["batch"], 0, 1,
+                     workdir / "pretrain-cache")
+    return out
+
+
+def overrides_of(method: str, encoders: dict) -> list:
+    """``key=value`` overrides of a benchmark method: a registered method, a variant, or a pool-pretrained one."""
+    if method in POOL_PRETRAINED:
+        base, objective = POOL_PRETRAINED[method]
+        return [*method_overrides(base), f"model.encoder_weights={encoders[objective]}"]
+    return method_overrides(method)
 
 
 # ----------------------------------------------------------------------------- data and splits
@@ -361,7 +408,7 @@ def main(argv=None) -> int:
     regimes = list(dict.fromkeys(args.regimes or (QUICK["regimes"] if q else ["1v", "2v", "10%"])))
     seeds = args.seeds if args.seeds is not None else (QUICK["seeds"] if q else [0, 1, 2])
     methods = args.methods or (QUICK["methods"] if q else all_methods())
-    known = all_methods()
+    known = known_methods()
     bad = [m for m in methods if m not in known]
     if bad:
         ap.error(f"--methods: unknown {bad}; choose from {known}")
@@ -389,6 +436,8 @@ def main(argv=None) -> int:
     print(f"{len(plan)} runs of {epochs} x {steps} steps; methods {methods}; seeds {seeds}; estimated "
           f"{est / 3600:.1f} h on 2 shared CPU cores (less where run folders are reused)")
 
+    encoders = {obj: pool_encoder(workdir, ds, train_vols, obj, q)
+                for obj in sorted({POOL_PRETRAINED[m][1] for m in methods if m in POOL_PRETRAINED})}
     runs = []  # (seed, regime, method, labelled volumes, split, run folder, config), in plan order
     for seed, regime, method in plan:
         order = labelled_order(train_vols, vendor_of, seed, complete)   # a function of the seed only
@@ -397,7 +446,7 @@ def main(argv=None) -> int:
                             f"label efficiency: {len(lab)} of {len(train_vols)} training volumes labelled "
                             f"(seed {seed}); val/test fixed for every run")
         run_dir = workdir / f"n{len(lab)}-s{seed}" / method
-        cfg = run_config(ds, split, method_overrides(method), seed, epochs, steps, f"le-n{len(lab)}-s{seed}-{method}",
+        cfg = run_config(ds, split, overrides_of(method, encoders), seed, epochs, steps, f"le-n{len(lab)}-s{seed}-{method}",
                          [f"trainer.max_minutes={args.minutes}", *args.overrides])
         runs.append((seed, regime, method, lab, split, run_dir, cfg))
     if args.jobs > 1:  # train in parallel; the loop below then reuses the finished runs and scores them

@@ -165,8 +165,8 @@ def _load_encoder_file(model: nn.Module, path: Path, cfg: Optional["ModelConfig"
     if enc_state and not any(k in enc_state for k in cleaned):
         raise ConfigError(f"{path}: none of its {len(cleaned)} tensors belongs to model.encoder="
                           f"{getattr(cfg, 'encoder', '?')!r} (weights of another encoder?)")
-    result = model.encoder.load_state_dict(cleaned, strict=False)
-    report = {"missing": list(result.missing_keys), "unexpected": list(result.unexpected_keys)}
+    model.encoder.load_state_dict(cleaned, strict=False)  # smp's own ResNet/VGG encoders return None here
+    report = {"missing": sorted(enc_keys - set(cleaned)), "unexpected": sorted(set(cleaned) - enc_keys)}
     print(f"loaded encoder weights from {path}: {len(cleaned) - len(report['unexpected'])} tensors, "
           f"{len(report['missing'])} missing keys, {len(report['unexpected'])} unexpected keys")
     if meta is not None:

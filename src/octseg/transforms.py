@@ -51,7 +51,7 @@ def resize_image_u8(img: np.ndarray, size) -> np.ndarray:
     """A uint8 (H, W) B-scan through :func:`resize_images`, rounded back to uint8."""
     if tuple(img.shape) == tuple(size):
         return img
-    x = torch.from_numpy(np.ascontiguousarray(img)).to(torch.float32)[None, None]
+    x = torch.tensor(img, dtype=torch.float32)[None, None]  # a copy: the input may be read-only
     return resize_images(x, size)[0, 0].round_().clamp_(0, 255).to(torch.uint8).numpy()
 
 
@@ -59,4 +59,4 @@ def resize_mask_u8(mask: np.ndarray, size) -> np.ndarray:
     """A uint8 (H, W) label map through :func:`resize_labels`."""
     if tuple(mask.shape) == tuple(size):
         return mask
-    return resize_labels(torch.from_numpy(np.ascontiguousarray(mask))[None], size)[0].numpy()
+    return resize_labels(torch.tensor(mask)[None], size)[0].numpy()  # a copy: the input may be read-only

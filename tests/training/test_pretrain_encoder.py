@@ -158,3 +158,16 @@ def test_patch_mask_covers_the_ratio():
     assert m.shape == (3, 1, 32, 48) and m.dtype == torch.bool
     assert m.float().mean().item() == pytest.approx(0.5, abs=0.05)
     assert not torch.equal(m[0], m[1])  # each image its own patches
+
+
+@pytest.mark.parametrize("encoder", ["resnet18", "vgg11_bn"])
+def test_smp_native_encoders_load_encoder_files(tmp_path, scans, one_thread, encoder, capsys):
+    """smp's own ResNet/VGG encoders override ``load_state_dict`` (it returns None): the file still loads,
+    and the report counts what loaded."""
+    enc = pretrain(_cfg(tmp_path, scans, "mim", encoder=encoder, decoder_channels=[16, 8, 4])).out
+    saved = safe_load(enc)["state_dict"]
+    model = build_model(ModelConfig(encoder=encoder, encoder_depth=3, decoder_channels=[16, 8, 4],
+                                    encoder_weights=str(enc)), 4)
+    state = model.encoder.state_dict()
+    assert saved and all(torch.equal(state[k], v) for k, v in saved.items())
+    assert f"{len(saved)} tensors, 0 missing keys, 0 unexpected keys" in capsys.readouterr().out

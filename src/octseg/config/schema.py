@@ -37,6 +37,9 @@ class DataConfig:
     in_memory: bool = True
     layout: str = "auto"
     volume_regex: Optional[str] = None
+    #: data graded only in a band of columns (Duke DME): in training, columns farther than this many
+    #: pixels (of the prepared size) from a labelled volume's fluid extent are unlabelled; None = off
+    fluid_band_margin: Optional[int] = None
 
 
 @dataclass

@@ -126,6 +126,7 @@ _RULES: list[tuple[str, Rule]] = [
     ("data.in_memory", FLAG),
     ("data.layout", one_of("auto", "retouch", "folders")),
     ("data.volume_regex", optional(text())),  # compiled in _check_data
+    ("data.fluid_band_margin", optional(integer(0))),
     # model: arch, encoder, encoder_weights, decoder_channels need smp: _check_model
     ("model.encoder_depth", integer(1, 5)),
     ("model.context_slices", integer(0, MAX_CONTEXT_SLICES)),  # 2.5D input: neighbours on each side

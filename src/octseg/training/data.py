@@ -20,6 +20,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from octseg.config import Config
 from octseg.data.context import context_rows, stack_context
+from octseg.data.label_band import unlabel_outside_fluid_band
 from octseg.data.prepared import PreparedDataset
 from octseg.errors import ConfigError, DataError
 
@@ -41,6 +42,8 @@ class TrainData:
     #: 2.5D input: int64 (N, 2k+1) rows of each row's B-scan and its neighbours
     #: (:func:`octseg.data.context.context_rows`); None for 2-D input
     context: Optional[np.ndarray] = None
+    #: ``data.fluid_band_margin``: per labelled volume, the (first, last) column kept labelled (None: unchanged)
+    label_bands: Optional[dict] = None
 
     def stacked(self, rows) -> np.ndarray:
         """uint8 images of ``rows``: (n, H, W), or (n, 2k+1, H, W) with 2.5D input."""
@@ -114,10 +117,13 @@ def load_train_data(cfg: Config) -> TrainData:
         raise DataError(ds.path, f"split {name!r} has no labelled B-scans to train on")
     if len(parts.get("val", ())) == 0:
         raise DataError(ds.path, f"split {name!r} has no validation B-scans (set data.val > 0)")
+    label_bands = None
+    if cfg.data.fluid_band_margin is not None:
+        masks, label_bands = unlabel_outside_fluid_band(masks, parts["labelled"], volumes, cfg.data.fluid_band_margin)
     k = cfg.model.context_slices
     context = context_rows(volumes, slice_indices, k) if k > 0 else None
     return TrainData(images, masks, parts, ds.classes, ds.size, split, str(ds.path), volumes, vendors, slice_indices,
-                     context)
+                     context, label_bands)
 
 
 def _note_named_split(split: dict, cfg: Config) -> None:

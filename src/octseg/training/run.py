@@ -272,12 +272,16 @@ def _train(cfg: Config, run_dir: Path, resume: bool, extra_callbacks) -> TrainRe
         val_loader = DataLoader(EvalDataset(data, "val", cfg.trainer.val_batch, trainer.global_rank, trainer.world_size),
                                 batch_size=None, num_workers=0)
         if rank0:
-                print(f"training {cfg.method.name} ({cfg.model.arch}-{cfg.model.encoder}) on {n_lab} labelled + "
-                  f"{n_unl} unlabelled B-scans, validating on {len(data.parts['val'])}; {steps} steps/epoch, "
-                  f"input {input_size[0]}x{input_size[1]}, classes {list(data.classes)}"
-                  + (f"; 2.5D input: each B-scan with {cfg.model.context_slices} neighbour(s) on each side"
-                     if cfg.model.context_slices else "")
-                  + (f"; {trainer.world_size} processes, each its own B-scans" if trainer.world_size > 1 else ""))
+            print(f"training {cfg.method.name} ({cfg.model.arch}-{cfg.model.encoder}) on {n_lab} labelled + "
+              f"{n_unl} unlabelled B-scans, validating on {len(data.parts['val'])}; {steps} steps/epoch, "
+              f"input {input_size[0]}x{input_size[1]}, classes {list(data.classes)}"
+              + (f"; 2.5D input: each B-scan with {cfg.model.context_slices} neighbour(s) on each side"
+                 if cfg.model.context_slices else "")
+              + (f"; {trainer.world_size} processes, each its own B-scans" if trainer.world_size > 1 else ""))
+            if data.label_bands is not None:
+                print(f"data.fluid_band_margin={cfg.data.fluid_band_margin}: labelled columns per volume (outside: "
+                      f"unlabelled) " + ", ".join(f"{v} {'all (no fluid)' if b is None else f'{b[0]}-{b[1]}'}"
+                                                  for v, b in data.label_bands.items()))
         if resume:  # its metrics.csv was kept as metrics.partN.csv above: nothing of it will be deleted
             warnings.filterwarnings("ignore", message="Experiment logs directory .* exists and is not empty")
         t0 = time.time()
