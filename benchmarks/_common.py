@@ -58,6 +58,9 @@ SUPERVISED = ("supervised", "supervised_strong")
 #: FixMatch and UniMatch gained on IRF and lost or stood still on the rare SRF/PED (1000-step GPU runs).
 #: ``fixmatch_guard`` / ``unimatch_guard`` keep background pseudo-labels only 3 pixels (at 96x96) away from any
 #: pixel that is not confidently background (``background_guard``): pseudo-label methods erased the rare class.
+#: ``*_fda``: half of the labelled views take the low-frequency amplitude spectrum of a random unlabelled B-scan
+#: (``augment.fourier_style_p``; FDA): one labelled volume shows one scanner's intensity profile, the pool all three.
+FDA = ["augment.fourier_style_p=0.5"]
 MILD_STRONG = ["augment.strong_brightness=0.12", "augment.strong_contrast=0.2", "augment.strong_gamma=0.25",
                "augment.speckle_std=0.12", "augment.cutout_p=0.25"]
 EXTRA = {"supervised_strong": ("supervised", ["augment.strong=true"]),
@@ -68,6 +71,9 @@ EXTRA = {"supervised_strong": ("supervised", ["augment.strong=true"]),
          "fixmatch_guard": ("fixmatch", ["method.fixmatch.background_guard=3"]),
          "unimatch_guard": ("unimatch", ["method.unimatch.background_guard=3"]),
          "mean_teacher_strong": ("mean_teacher", ["method.mean_teacher.strong=true"]),
+         "supervised_fda": ("supervised", FDA),
+         "fixmatch_fda": ("fixmatch", FDA),
+         "unimatch_fda": ("unimatch", FDA),
          "fixmatch_mild": ("fixmatch", MILD_STRONG),
          "unimatch_mild": ("unimatch", MILD_STRONG)}
 

@@ -50,9 +50,9 @@ method (chosen on validation) >= best supervised + 0.05 with the 95 % interval a
 Time on 2 CPU cores (AMD EPYC without bf16, so float32): the supervised step takes about 0.41 s
 alone at 96x96 (measured in ``octseg demo``); the semi-supervised methods cost 2.2-4.4 times that
 (``SEC_PER_STEP``, scaled from side-by-side 40-step runs of the ResNet18 recipe). The s/step column of
-a run on a busy machine is that run's wall time per step, not the method's cost. The default plan (3 regimes x 3 seeds x 16
-methods and variants + 3 reference runs = 147 runs of 300 steps) is estimated at about 14.4 h (``estimate_seconds``,
-printed at the start), over the 3-hour budget; ``--regimes 1v`` (51 runs) at about 4.9 h. Three
+a run on a busy machine is that run's wall time per step, not the method's cost. The default plan (3 regimes x 3 seeds x 19
+methods and variants + 3 reference runs = 174 runs of 300 steps) is estimated at about 16.9 h (``estimate_seconds``,
+printed at the start), over the 3-hour budget; ``--regimes 1v`` (60 runs) at about 5.7 h. Three
 processes of one thread each, one per seed, share 2 cores better than one of two threads; runs
 of several processes on one workdir are safe once the first has prepared the data (start it
 first). ``--quick`` (1 seed, 1v and 2v, 4 methods, 9 runs of 2 x 3 steps on 24 volumes) takes about

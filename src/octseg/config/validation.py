@@ -185,6 +185,8 @@ _RULES: list[tuple[str, Rule]] = [
     ("augment.blur_p", PROBABILITY),
     ("augment.cutout_p", PROBABILITY),
     ("augment.cutmix_p", PROBABILITY),
+    ("augment.fourier_style_p", PROBABILITY),
+    ("augment.fourier_beta", number(0, 0.5, lo_open=True)),
     ("augment.enabled", FLAG),
     ("augment.hflip", PROBABILITY),
     ("augment.rotate_deg", number(0, 180)),

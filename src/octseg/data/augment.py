@@ -44,6 +44,13 @@ class AugmentConfig:
     blur_p: float = 0.5
     cutout_p: float = 0.5
     cutmix_p: float = 0.5
+    #: Fourier style transfer from the unlabelled pool (FDA: Yang & Soatto, CVPR 2020): the probability that a
+    #: labelled view takes on the low-frequency amplitude spectrum of a random unlabelled B-scan of its step
+    #: (mixed in by lambda ~ U(0, 1)), its phase (the anatomy, so its labels) kept: intensity profiles of
+    #: scanners seen only without labels reach supervised training (0 = off)
+    fourier_style_p: float = 0.0
+    #: half-width of the low-frequency window, as a fraction of min(H, W)
+    fourier_beta: float = 0.05
 
 
 def _uniform(n: int, lo: float, hi: float, g: torch.Generator, device) -> torch.Tensor:
@@ -93,6 +100,23 @@ def augment_batch(
     if cfg.noise_std > 0:
         images = images + torch.randn(images.shape, generator=g, device=dev, dtype=images.dtype) * cfg.noise_std
     return images.clamp(0.0, 1.0), masks
+
+
+def fourier_style(x: torch.Tensor, style: torch.Tensor, beta: float, lam: torch.Tensor) -> torch.Tensor:
+    """``x`` (N, C, H, W) in [0, 1] with the amplitude spectrum of ``style`` (same shape) mixed in by
+    ``lam`` (N,) inside the centred window of half-width ``round(beta * min(H, W))`` (at least 1)
+    frequencies; the phase and every other frequency stay ``x``'s. ``lam`` 0 returns ``x``."""
+    h, w = x.shape[-2:]
+    b = max(1, int(round(min(h, w) * beta)))
+    shift = (-2, -1)
+    fx = torch.fft.fftshift(torch.fft.fft2(x.float()), dim=shift)
+    fs = torch.fft.fftshift(torch.fft.fft2(style.float()), dim=shift)
+    amp, phase = fx.abs(), fx.angle()
+    win = (..., slice(max(0, h // 2 - b), h // 2 + b + 1), slice(max(0, w // 2 - b), w // 2 + b + 1))
+    lam = lam.float().view(-1, 1, 1, 1)
+    amp[win] = (1 - lam) * amp[win] + lam * fs.abs()[win]
+    out = torch.fft.ifft2(torch.fft.ifftshift(torch.polar(amp, phase), dim=shift)).real
+    return torch.where(lam > 0, out.clamp(0.0, 1.0), x.float()).to(x.dtype)
 
 
 class Augmenter:

@@ -15,7 +15,7 @@ import torch
 from octseg.checkpoint import checkpoint_meta
 from octseg.config import Config, config_to_dict
 from octseg.constants import IGNORE_INDEX
-from octseg.data.augment import Augmenter, augment_batch
+from octseg.data.augment import Augmenter, augment_batch, fourier_style
 from octseg.losses import SegmentationLoss
 from octseg.methods import StepContext, build_method
 from octseg.metrics.functional import confusion_matrix_torch, dice_from_confusion_torch
@@ -71,6 +71,8 @@ class SegmentationModule(L.LightningModule):
         y_l = resize_labels(batch["y_l"].long(), self.input_size)
         g_l = self._generator(0)
         x_l, y_l = augment_batch(x_l, y_l, self.cfg.augment, g_l)
+        if self.cfg.augment.fourier_style_p > 0 and batch["x_u"].shape[0] > 0:
+            x_l = self._fourier_style(x_l, self._to_float(batch["x_u"]))
         if self.cfg.augment.strong:
             x_l = self.augmenter.strong(x_l, g_l)
         x_u, valid_u = None, None
@@ -90,6 +92,15 @@ class SegmentationModule(L.LightningModule):
             self._epoch_sums[k] = self._epoch_sums[k] + v if k in self._epoch_sums else v
         self._epoch_n += n
         return loss
+
+    def _fourier_style(self, x_l: torch.Tensor, x_u: torch.Tensor) -> torch.Tensor:
+        """Labelled views with the intensity profile of random unlabelled B-scans (``augment.fourier_style_p``),
+        from their own generator: the labelled views' other augmentation stays paired across methods."""
+        a, n, dev = self.cfg.augment, x_l.shape[0], x_l.device
+        g = self._generator(4)
+        src = torch.randint(x_u.shape[0], (n,), generator=g, device=dev)
+        lam = torch.rand(n, generator=g, device=dev) * (torch.rand(n, generator=g, device=dev) < a.fourier_style_p)
+        return fourier_style(x_l, x_u[src], a.fourier_beta, lam)
 
     def optimizer_step(self, *args, **kwargs):
         """The optimiser step, then the method's update (e.g. the EMA teacher) — before any callback

@@ -264,8 +264,8 @@ def _train(cfg: Config, run_dir: Path, resume: bool, extra_callbacks) -> TrainRe
         net = build_model(cfg.model, len(data.classes)) if not resume else build_model(
             dataclasses.replace(cfg.model, encoder_weights="none"), len(data.classes))
         module = SegmentationModule(cfg, net, data.classes, input_size, norm, steps)
-        if not module.method.uses_unlabelled:
-            n_unl = 0
+        if not module.method.uses_unlabelled and cfg.augment.fourier_style_p == 0:
+            n_unl = 0  # (with augment.fourier_style_p, the unlabelled batch is the labelled views' style source)
         sampler = StepSampler(n_lab, n_unl, cfg.data.labelled_batch, cfg.data.unlabelled_batch, steps, cfg.seed,
                               rank=trainer.global_rank, world=trainer.world_size)
         train_loader = StepLoader(StepDataset(data), sampler=sampler, batch_size=None, num_workers=0)
