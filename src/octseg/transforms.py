@@ -47,6 +47,19 @@ def resize_labels(y: torch.Tensor, size) -> torch.Tensor:
     return torch.nn.functional.interpolate(y[:, None].float(), size=size, mode="nearest-exact")[:, 0].to(y.dtype)
 
 
+def resize_scores(p: torch.Tensor, size) -> torch.Tensor:
+    """Class probabilities (N, K, H, W) -> size, to take the arg-max there: bilinear when enlarging,
+    area averaging when shrinking. Labels are made at the B-scan's own size from resized
+    probabilities, not resized as labels (as nnU-Net resamples softmax outputs): on Duke DME a perfect
+    prediction at 256x384 keeps 0.992 of the native fluid Dice this way and 0.966 as
+    nearest-neighbour labels (``benchmarks/resize_round_trip.py``)."""
+    size = tuple(int(s) for s in size)
+    if tuple(p.shape[-2:]) == size:
+        return p
+    # channels-last in, channels-last out: the arg-max over classes that follows is then ~15x faster on CPU
+    return resize_images(p.contiguous(memory_format=torch.channels_last), size)
+
+
 def resize_image_u8(img: np.ndarray, size) -> np.ndarray:
     """A uint8 (H, W) B-scan through :func:`resize_images`, rounded back to uint8."""
     if tuple(img.shape) == tuple(size):

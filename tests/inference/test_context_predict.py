@@ -10,6 +10,7 @@ from conftest import TINY_MODEL
 
 import octseg.data.context as context
 from octseg.errors import CheckpointError
+from octseg.transforms import resize_scores
 
 CLASSES = ("background", "IRF", "SRF", "PED")
 NORM = {"mean": 0.3, "std": 0.2}
@@ -114,8 +115,8 @@ def test_evaluate_stacks_neighbours_from_the_dataset(k1, tiny_prepared):
     def counts(stacks):
         x = torch.nn.functional.interpolate(torch.from_numpy(stacks).float(), size=(48, 48), mode="area")
         with torch.no_grad():
-            pred = net((x / 255.0 - NORM["mean"]) / NORM["std"]).argmax(1)
-        pred = torch.nn.functional.interpolate(pred[:, None].float(), size=ds.size, mode="nearest-exact")[:, 0]
+            probs = net((x / 255.0 - NORM["mean"]) / NORM["std"]).float().softmax(1)
+        pred = resize_scores(probs, ds.size).argmax(1)  # as predictions are brought to the B-scans' size
         return np.bincount(pred.to(torch.int64).flatten().numpy(), minlength=4)
 
     got = np.array([res["pooled"]["pred_pixels"][c] for c in CLASSES])

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from octseg.errors import ConfigError
-from octseg.transforms import resize_images, resize_labels, to_model_input
+from octseg.transforms import resize_images, resize_scores, to_model_input
 
 
 @torch.inference_mode()
@@ -86,8 +86,9 @@ def predict_labels(
         x = to_model_input(torch.from_numpy(np.ascontiguousarray(images[sl])).to(device), norm)
         x = resize_images(x, input_size)
         logits = predict_logits(model, x, tta)
-        labels = logits.argmax(1)
         if confidence is not None:
             confidence[sl] = logits.float().softmax(1).amax(1).mean(dim=(1, 2)).cpu().numpy()
-        result[sl] = resize_labels(labels, out_size).to(torch.uint8).cpu().numpy()
+        if tuple(logits.shape[-2:]) != out_size:  # probabilities resized, then the arg-max (resize_scores)
+            logits = resize_scores(logits.float().softmax(1), out_size)
+        result[sl] = logits.argmax(1).to(torch.uint8).cpu().numpy()
     return result

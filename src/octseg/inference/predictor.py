@@ -176,9 +176,9 @@ class Predictor:
     repeated; a single (H, W) B-scan is its own neighbour, with a warning. Predict a volume per
     call, never a batch of B-scans from different volumes.
 
-    Images are resized to the model's input size and the result back to the input's size:
-    labels with nearest neighbour (as ``octseg evaluate`` scores them), probabilities with the
-    same nearest mapping, so ``predict == argmax(predict_proba)`` when no ``min_sizes`` are set.
+    Images are resized to the model's input size and the class probabilities back to the input's
+    size (bilinear; :func:`octseg.transforms.resize_scores`), where labels are their arg-max (as
+    ``octseg evaluate`` scores them), so ``predict == argmax(predict_proba)`` when no ``min_sizes`` are set.
 
     ``min_sizes`` count pixels of the output (the input's own size), unless ``min_sizes_at`` (H, W)
     says they count pixels at that size (a CV folder's ``at_size``): each B-scan then removes
@@ -355,7 +355,7 @@ class Predictor:
         import torch
 
         from octseg.inference.forward import batched, predict_logits
-        from octseg.transforms import resize_images, to_model_input
+        from octseg.transforms import resize_images, resize_scores, to_model_input
 
         images, single = to_uint8_stack(array)
         n, h, w = images.shape
@@ -366,9 +366,7 @@ class Predictor:
                 x = to_model_input(torch.from_numpy(np.ascontiguousarray(self._batch_u8(images, rows, sl)))
                                    .to(self.device), self.normalization)
                 x = resize_images(x, self.input_size)
-                p = predict_logits(self.net, x, self.tta).float().softmax(1)
-                if tuple(p.shape[-2:]) != (h, w):  # the mapping resize_labels uses
-                    p = torch.nn.functional.interpolate(p, size=(h, w), mode="nearest-exact")
+                p = resize_scores(predict_logits(self.net, x, self.tta).float().softmax(1), (h, w))
                 out[sl] = p.cpu().numpy()
         return out[0] if single else out
 
