@@ -86,12 +86,13 @@ def score_subject(cv_dir: Path, cv: dict, images: np.ndarray, gt: np.ndarray, tr
     out: dict = {}
     for tta in (False, True):
         probs = [Predictor(net, meta, device=device, tta=tta).predict_proba(images) for net, meta in members]
-        single = [fluid_dice(gt, p.argmax(1).astype(np.uint8)) for p in probs]
+        labels = [p.argmax(1).astype(np.uint8) for p in probs]
+        single = [fluid_dice(gt, lab) for lab in labels]
         ens = np.mean(probs, axis=0).argmax(1).astype(np.uint8)
         sfx = "_tta" if tta else ""
         out["single" + sfx] = float(np.mean(single))
         out["single_members" + sfx] = single
-        out["single" + sfx + "_band"] = float(np.mean([fluid_dice(gt_band, p.argmax(1).astype(np.uint8)) for p in probs]))
+        out["single" + sfx + "_band"] = float(np.mean([fluid_dice(gt_band, lab) for lab in labels]))
         out["ensemble" + sfx] = fluid_dice(gt, ens)
         out["ensemble" + sfx + "_band"] = fluid_dice(gt_band, ens)
         if tta:

@@ -85,10 +85,13 @@ def predict_labels(
     for sl in batched(len(images), batch):
         x = to_model_input(torch.from_numpy(np.ascontiguousarray(images[sl])).to(device), norm)
         x = resize_images(x, input_size)
-        logits = predict_logits(model, x, tta)
+        scores = predict_logits(model, x, tta)
+        resize = tuple(scores.shape[-2:]) != out_size
+        if confidence is not None or resize:
+            scores = scores.float().softmax(1)  # (arg-max unchanged)
         if confidence is not None:
-            confidence[sl] = logits.float().softmax(1).amax(1).mean(dim=(1, 2)).cpu().numpy()
-        if tuple(logits.shape[-2:]) != out_size:  # probabilities resized, then the arg-max (resize_scores)
-            logits = resize_scores(logits.float().softmax(1), out_size)
-        result[sl] = logits.argmax(1).to(torch.uint8).cpu().numpy()
+            confidence[sl] = scores.amax(1).mean(dim=(1, 2)).cpu().numpy()
+        if resize:  # probabilities resized, then the arg-max (resize_scores)
+            scores = resize_scores(scores, out_size)
+        result[sl] = scores.argmax(1).to(torch.uint8).cpu().numpy()
     return result
