@@ -1,16 +1,15 @@
 """What does training below the native resolution cost before any learning? The resize round trip
 of the reference masks on Duke DME.
 
-A network trained at H x W predicts label maps at H x W; ``octseg predict`` / ``evaluate`` bring
-them back to the B-scan's native size with nearest-neighbour resizing (``resize_labels``), the way
-the prepared masks were made from the native ones. The best such a network can do is to predict the
-downsized reference exactly, so the Dice of the native reference against ``up(down(reference))`` is
-the ceiling a training size puts on the native-size score. Measured two ways per size:
+A network trained at H x W predicts at H x W; ``octseg predict`` / ``evaluate`` bring that back to
+the B-scan's native size. The best such a network can do is to predict the downsized reference
+exactly, so the Dice of the native reference against ``up(down(reference))`` is the ceiling a
+training size puts on the native-size score. Measured two ways per size:
 
-* ``nearest``: what octseg does today (labels down with nearest, predicted labels up with nearest);
-* ``soft``: the ceiling if the network's class probabilities were brought back instead — the
-  reference's one-hot maps area-averaged down (a perfectly calibrated prediction at H x W),
-  bilinearly up, then the arg-max.
+* ``nearest``: labels down and back up with nearest neighbour (``resize_labels``: how the prepared
+  masks are made, and how octseg brought predictions back before November 2026);
+* ``soft``: what octseg does now (``resize_scores``) — the reference's one-hot maps area-averaged
+  down (a perfectly calibrated prediction at H x W), bilinearly up, then the arg-max.
 
 Data (``--shared``, default ``<repo>/../shared/data``; skips, exit 0, without it): ``duke-dme-train``
 (55 annotated B-scans of 496x768, 0 = background, 1 = fluid). Fluid Dice pooled over all B-scans
@@ -40,21 +39,14 @@ def round_trips(gt: np.ndarray, size) -> dict:
     """(N, H, W) uint8 reference -> {"nearest": labels, "soft": labels} back at native size."""
     import torch
 
-    from octseg.transforms import resize_labels
+    from octseg.transforms import resize_labels, resize_scores
 
     y = torch.from_numpy(gt.astype(np.int64))
     native = tuple(gt.shape[-2:])
     nearest = resize_labels(resize_labels(y, size), native)
     onehot = torch.nn.functional.one_hot(y, int(gt.max()) + 1).permute(0, 3, 1, 2).float()
-    small = torch.nn.functional.interpolate(onehot, size=size, mode="area")
-    soft = torch.nn.functional.interpolate(small, size=native, mode="bilinear", align_corners=False).argmax(1)
+    soft = resize_scores(resize_scores(onehot, size), native).argmax(1)
     return {"nearest": nearest.numpy().astype(np.uint8), "soft": soft.numpy().astype(np.uint8)}
-
-
-def fluid_dice(gt: np.ndarray, pred: np.ndarray) -> float:
-    inter = np.logical_and(gt == 1, pred == 1).sum()
-    total = (gt == 1).sum() + (pred == 1).sum()
-    return float(2 * inter / total) if total else float("nan")
 
 
 def main(argv=None) -> int:
@@ -73,6 +65,7 @@ def main(argv=None) -> int:
     except (ValueError, AssertionError):
         ap.error(f"--sizes {args.sizes}: give HxW, e.g. 256x384")
     from benchmarks.duke import load_native
+    from benchmarks.duke_cv import fluid_dice
 
     t0 = time.time()
     ids, _, gt = load_native(train_dir)
