@@ -21,9 +21,9 @@ Methods (``--methods``, default every method of ``octseg.methods.METHODS`` plus
 ``supervised_strong`` = ``method.name=supervised augment.strong=true``). Each is compared with the
 BETTER of the two supervised baselines of its regime, chosen on the validation mean foreground
 Dice (mean over seeds), never on test. Besides the variants of ``_common.EXTRA``, two-stage
-semi-supervised ones (``POOL_PRETRAINED``, by name only): ``supervised_mim``, ``supervised_denoise``,
+semi-supervised ones (``_pool_pretrain.POOL_PRETRAINED``, by name only): ``supervised_mim``, ``supervised_denoise``,
 ``fixmatch_mim`` and ``unimatch_mim`` fine-tune from an encoder pretrained with ``octseg pretrain``
-(masked-image modelling or denoising, ``POOL_PRETRAIN`` steps) on the 48 training volumes' B-scans
+(masked-image modelling or denoising, ``POOL_PRETRAIN`` steps there) on the 48 training volumes' B-scans
 without labels (written once to ``WORKDIR/pretrain-pool``, the encoder to ``WORKDIR/encoders``; never
 a validation or test volume), one encoder for every seed.
 
@@ -82,8 +82,9 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 from benchmarks._common import (SUPERVISED, all_methods, base_method, ci_text, fmt, mean_sd,  # noqa: E402
-                                mean_teacher_target, method_overrides, paired, print_table, quiet_lightning, rank_key,
-                                run_training, save_split, spread, train_parallel, write_results)
+                                mean_teacher_target, paired, print_table, quiet_lightning, rank_key, run_training,
+                                save_split, spread, train_parallel, write_results)
+from benchmarks._pool_pretrain import POOL_PRETRAINED, overrides_of, pool_encoder  # noqa: E402
 
 RECIPE = "demo_cpu"
 # The recipe's network (U-Net ResNet18, decoder 256-...-16) at 96x96. Lighter networks were measured and
@@ -111,12 +112,6 @@ QUICK = {"volumes": 24, "n_val": 3, "n_test": 6, "epochs": 2, "steps_per_epoch":
 # the ResNet18 U-Net's supervised step (0.41 s, measured in octseg demo), the others scaled by the ratios of side-by-side 40-step runs of
 # the ResNet18 recipe; a variant (``EXTRA``) costs what its method costs. Per-run fixed cost (start-up, scoring) and cost
 # per epoch (validation, checkpoints).
-#: Two-stage semi-supervised variants: the method fine-tuned from an encoder that ``octseg pretrain`` trained
-#: (objective after the underscore) on the B-scans of every training volume without their labels (the labelled
-#: volumes' images too; never a validation or test volume), once per workdir and shared by every seed.
-POOL_PRETRAINED = {"supervised_mim": ("supervised", "mim"), "fixmatch_mim": ("fixmatch", "mim"),
-                   "unimatch_mim": ("unimatch", "mim"), "supervised_denoise": ("supervised", "denoise")}
-POOL_PRETRAIN = {"steps": 1000, "batch": 8}  # QUICK: 2 steps of 2
 SEC_PER_STEP = {"supervised": 0.41, "mean_teacher": 0.96, "fixmatch": 0.90, "unimatch": 1.51, "cps": 1.80, "bcp": 1.14}
 RUN_S, EPOCH_S = 8.0, 4.0
 
@@ -129,37 +124,6 @@ def estimate_seconds(plan, epochs: int, steps: int) -> float:
 def known_methods() -> list:
     """Every registered method and ``EXTRA`` variant (``all_methods``), then the pool-pretrained ones."""
     return all_methods() + list(POOL_PRETRAINED)
-
-
-def pool_encoder(workdir: Path, ds, train_vols: list, objective: str, quick: bool) -> Path:
-    """The encoder file of ``objective`` pretrained on the training volumes' B-scans (images only), made once."""
-    from PIL import Image
-
-    from benchmarks.pretrain_objectives import pretrain_encoder
-
-    pool = workdir / "pretrain-pool"
-    done = pool / "done.json"
-    if not done.is_file():  # the training volumes' prepared B-scans as an image folder octseg reads
-        train = set(train_vols)
-        rows = [i for i, s in enumerate(ds.slices) if s.volume in train]
-        (pool / "images").mkdir(parents=True, exist_ok=True)
-        for i in rows:
-            Image.fromarray(np.asarray(ds.images[i])).save(pool / "images" / f"{ds.slices[i].id}.png")
-        done.write_text(json.dumps({"volumes": sorted(train), "bscans": len(rows)}))
-    n = POOL_PRETRAIN if not quick else {"steps": 2, "batch": 2}
-    model = {"encoder": "resnet18", "encoder_depth": 5, "decoder_channels": [256, 128, 64, 32, 16]}
-    out = workdir / "encoders" / f"pool-{objective}.pth"
-    pretrain_encoder(objective, out, pool / "images", SIZE, model, n["steps"], n["batch"], 0, 1,
-                     workdir / "pretrain-cache")
-    return out
-
-
-def overrides_of(method: str, encoders: dict) -> list:
-    """``key=value`` overrides of a benchmark method: a registered method, a variant, or a pool-pretrained one."""
-    if method in POOL_PRETRAINED:
-        base, objective = POOL_PRETRAINED[method]
-        return [*method_overrides(base), f"model.encoder_weights={encoders[objective]}"]
-    return method_overrides(method)
 
 
 # ----------------------------------------------------------------------------- data and splits
@@ -398,7 +362,7 @@ def main(argv=None) -> int:
 
     torch.set_num_threads(args.threads)
     quiet_lightning()
-    from octseg.config import config_to_dict
+    from octseg.config import config_to_dict, load_config
 
     q = args.quick
     volumes = QUICK["volumes"] if q else SYNTH["volumes"]
@@ -436,7 +400,8 @@ def main(argv=None) -> int:
     print(f"{len(plan)} runs of {epochs} x {steps} steps; methods {methods}; seeds {seeds}; estimated "
           f"{est / 3600:.1f} h on 2 shared CPU cores (less where run folders are reused)")
 
-    encoders = {obj: pool_encoder(workdir, ds, train_vols, obj, q)
+    net = load_config(RECIPE, list(MODEL)).model  # the network every run trains
+    encoders = {obj: pool_encoder(workdir, ds, train_vols, obj, SIZE, net, q)
                 for obj in sorted({POOL_PRETRAINED[m][1] for m in methods if m in POOL_PRETRAINED})}
     runs = []  # (seed, regime, method, labelled volumes, split, run folder, config), in plan order
     for seed, regime, method in plan:

@@ -101,3 +101,33 @@ def test_label_efficiency_refuses_jobs_below_one(capsys):
     with pytest.raises(SystemExit) as exc:
         main(["--jobs", "0"])
     assert exc.value.code == 2 and "--jobs 0: give 1 or more" in capsys.readouterr().err
+
+
+def test_pool_pretrained_variant_pretrains_on_training_volumes_only(tiny_prepared, tmp_path, one_thread):
+    """label_efficiency's ``*_mim`` variants: one encoder per workdir, pretrained on the training
+    volumes' B-scans only, and the variant's runs start from it."""
+    from benchmarks._pool_pretrain import overrides_of, pool_encoder
+    from octseg.config import load_config
+    from octseg.data.prepared import PreparedDataset
+
+    ds = PreparedDataset(tiny_prepared)
+    net = load_config("demo_cpu").model
+    vols = sorted({s.volume for s in ds.slices})
+    train = vols[:3]
+    enc = pool_encoder(tmp_path, ds, train, "mim", (32, 32), net, quick=True)
+    assert enc.is_file()
+    pooled = sorted(p.stem for p in (tmp_path / "pretrain-pool" / "images").glob("*.png"))
+    assert pooled == sorted(s.id for s in ds.slices if s.volume in train)
+    mtime = enc.stat().st_mtime_ns
+    assert pool_encoder(tmp_path, ds, train, "mim", (32, 32), net, quick=True) == enc and enc.stat().st_mtime_ns == mtime  # reused
+    assert overrides_of("supervised_mim", {"mim": enc}) == ["method.name=supervised", f"model.encoder_weights={enc}"]
+    assert overrides_of("fixmatch_dice", {})[0] == "method.name=fixmatch"
+
+
+def test_duke_cv_pretrained_variant_needs_an_encoder_file(tmp_path, capsys):
+    from benchmarks.duke_cv import main
+
+    (tmp_path / "duke-dme-train").mkdir()
+    with pytest.raises(SystemExit) as exc:
+        main(["--shared", str(tmp_path), "--variants", "pretrained"])
+    assert exc.value.code == 2 and "--variants pretrained needs --encoder-weights PATH" in capsys.readouterr().err

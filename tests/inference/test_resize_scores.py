@@ -55,3 +55,14 @@ def test_round_trip_benchmark_on_duke_layout(tmp_path, capsys):
     assert figs["31x48"]["soft"]["pooled"] > figs["31x48"]["nearest"]["pooled"]
     assert set(figs["31x48"]["soft"]["per_subject"]) == {"S01", "S02"}
     assert "worst subject" in capsys.readouterr().out
+
+
+def test_round_trip_benchmark_refuses_bad_sizes(tmp_path, capsys):
+    import pytest
+
+    from benchmarks.resize_round_trip import main
+
+    (tmp_path / "duke-dme-train").mkdir()
+    with pytest.raises(SystemExit) as exc:
+        main(["--shared", str(tmp_path), "--sizes", "256by384"])
+    assert exc.value.code == 2 and "--sizes ['256by384']: give HxW" in capsys.readouterr().err
