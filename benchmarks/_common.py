@@ -15,6 +15,9 @@ from pathlib import Path
 import numpy as np
 
 
+CPU_FEATURES = ("avx2", "avx512f", "avx512_bf16", "amx_bf16")
+
+
 def machine_info() -> dict:
     info = {
         "platform": platform.platform(),
@@ -28,6 +31,9 @@ def machine_info() -> dict:
             for line in fh:
                 if line.startswith("model name"):
                     info["cpu_model"] = line.split(":", 1)[1].strip()
+                elif line.startswith("flags"):  # the machine class: native bf16 decides `precision: auto`
+                    flags = set(line.split(":", 1)[1].split())
+                    info["cpu_features"] = [f for f in CPU_FEATURES if f in flags]
                     break
     except OSError:
         pass

@@ -1,11 +1,13 @@
-"""Two-stage semi-supervised benchmark variants: a method fine-tuned from an encoder that
-``octseg pretrain`` trained on the B-scans of every training volume without their labels (the
-labelled volumes' images too; never a validation or test volume), once per workdir and shared by
-every seed. The objective is the name's suffix (``supervised_mim``: masked-image modelling)."""
+"""Encoders pretrained with ``octseg pretrain`` for the benchmarks: ``pretrain_encoder`` (any objective,
+reused when made with the same settings), and the two-stage semi-supervised benchmark variants: a
+method fine-tuned from an encoder pretrained on the B-scans of every training volume without their
+labels (the labelled volumes' images too; never a validation or test volume), once per workdir and
+shared by every seed. The objective is the name's suffix (``supervised_mim``: masked-image modelling)."""
 
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import numpy as np
@@ -18,12 +20,50 @@ POOL_PRETRAIN = {"steps": 1000, "batch": 8}
 QUICK_PRETRAIN = {"steps": 2, "batch": 2}
 
 
+def small_kermany(src: Path, workdir: Path, n: int) -> Path:
+    """The first few files of each class folder, linked (the smoke run's pool)."""
+    small = workdir / "kermany-small"
+    subs = sorted(p for p in src.iterdir() if p.is_dir())
+    for sub in subs:
+        (small / sub.name).mkdir(parents=True, exist_ok=True)
+        for f in sorted(sub.glob("*.jpeg"))[:max(1, n // len(subs))]:
+            if not (small / sub.name / f.name).exists():
+                (small / sub.name / f.name).symlink_to(f.resolve())
+    return small
+
+
+def pretrain_encoder(objective: str, out: Path, kermany: Path, size, model: dict, steps: int, batch: int,
+                     volumes: int, slices: int, cache: Path, seed: int = 0) -> dict:
+    """Pretrain ``model``'s encoder (``{encoder, encoder_depth, decoder_channels}``; channels None: smp's
+    default decoder) with ``objective`` on ``kermany`` (mim, denoise) or ``volumes`` synthetic volumes
+    (synthetic) into ``out``; an existing file made with the same settings is reused."""
+    from octseg.checkpoint import safe_load
+    from octseg.training.pretrain import PretrainConfig, pretrain
+
+    want = {"objective": objective, "steps": steps, "size": list(size), "encoder": model["encoder"],
+            "encoder_depth": model["encoder_depth"], "batch": batch, "seed": seed}
+    if out.is_file():
+        meta = safe_load(out).get("octseg_encoder", {})
+        if all(meta.get(k) == v for k, v in want.items()):
+            print(f"  reusing {out}")
+            return meta
+    cfg = PretrainConfig(out=out, objective=objective, data=[] if objective == "synthetic" else [kermany],
+                         synthetic_volumes=volumes if objective == "synthetic" else 0, synthetic_slices=slices,
+                         encoder=model["encoder"], encoder_depth=model["encoder_depth"],
+                         decoder_channels=model["decoder_channels"] and list(model["decoder_channels"]),
+                         size=tuple(size), steps=steps, batch=batch, seed=seed, cache_dir=cache,
+                         checkpoint_every=max(1, steps // 5), overwrite=True, progress=False)
+    t0 = time.time()
+    res = pretrain(cfg)
+    print(f"  {objective}: loss {res.meta['first_loss']:.4f} -> {res.meta['final_loss']:.4f} in "
+          f"{time.time() - t0:.0f} s")
+    return res.meta
+
+
 def pool_encoder(workdir: Path, ds, train_vols: list, objective: str, size, net, quick: bool) -> Path:
     """The encoder file of ``objective`` for ``net`` (the runs' ``ModelConfig``), pretrained at ``size`` on the
     training volumes' B-scans of the prepared dataset ``ds`` (images only), made once per workdir."""
     from PIL import Image
-
-    from benchmarks.pretrain_objectives import pretrain_encoder
 
     pool = workdir / "pretrain-pool"
     done = pool / "done.json"

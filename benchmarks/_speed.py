@@ -335,6 +335,31 @@ def matmul_peak(device="cpu", dtype=torch.float32, n: int = 2048, repeats: int =
             "flops_per_s": 2.0 * n ** 3 / best}
 
 
+def conv_peak(device="cpu", dtype=torch.float32, channels: int = 256, hw: int = 64, batch: int = 8,
+              repeats: int = 5) -> dict:
+    """FLOP/s of a 3x3, ``channels`` -> ``channels`` convolution (channels-last, no gradient) on a batch of
+    ``hw`` x ``hw`` maps: the best of ``repeats`` after one warm-up. A second ceiling beside
+    :func:`matmul_peak`: where the convolution library (oneDNN on CPUs) has better kernels than the
+    BLAS behind ``torch.mm``, a training step can exceed the matmul figure, which is then no peak."""
+    conv = torch.nn.Conv2d(channels, channels, 3, padding=1, bias=False).to(device=device, dtype=dtype)
+    conv = conv.to(memory_format=torch.channels_last)
+    x = torch.randn(batch, channels, hw, hw, device=device).to(dtype).to(memory_format=torch.channels_last)
+    best = float("inf")
+    with torch.no_grad():
+        conv(x)
+        sync(device)
+        for _ in range(repeats):
+            t = time.perf_counter()
+            conv(x)
+            sync(device)
+            best = min(best, time.perf_counter() - t)
+    flops = 2.0 * batch * channels * channels * 9 * hw * hw
+    del conv, x
+    return {"channels": channels, "hw": hw, "batch": batch, "dtype": str(dtype).replace("torch.", ""),
+            "device": str(device), "repeats": repeats, "threads": torch.get_num_threads(),
+            "best_seconds": best, "flops_per_s": flops / best}
+
+
 def summarise(result: dict, peak_flops: float | None, flops: int | None = None) -> dict:
     """Median step time, steps/s, achieved FLOP/s and its share of ``peak_flops``."""
     times = result["step_times"]

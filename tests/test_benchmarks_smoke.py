@@ -60,8 +60,22 @@ def test_train_throughput_quick(tmp_path):
             "demo supervised (fp32)"} <= set(v)
     for s in v.values():
         assert s["flops_per_step"] > 0 and s["achieved_flops_per_s"] > 0 and s["pct_of_peak"] > 0
+        conv = f["conv_peak"]["1"]["flops_per_s"]  # the second ceiling, measured in the same run
+        assert s["pct_of_conv_peak"] == pytest.approx(100.0 * s["achieved_flops_per_s"] / conv)
     assert v["original loop (fp32)"]["ratio_vs_original"] == 1.0
     assert f["matmul_peak"]["1"]["best_flops_per_s"] > 0
+
+
+def test_conv_peak_counts_the_convolutions_multiply_adds(monkeypatch):
+    """2 FLOPs per multiply-add of a 3x3 convolution, over the best of the timed repeats."""
+    sys.path.insert(0, str(ROOT))
+    from benchmarks import _speed
+
+    clock = iter([0.0, 2.0, 10.0, 11.0, 20.0, 24.0])  # repeats of 2 s, 1 s and 4 s: the best is 1 s
+    monkeypatch.setattr(_speed.time, "perf_counter", lambda: next(clock))
+    p = _speed.conv_peak("cpu", channels=4, hw=5, batch=3, repeats=3)
+    assert p["best_seconds"] == 1.0
+    assert p["flops_per_s"] == 2 * 3 * 4 * 4 * 9 * 5 * 5
 
 
 def test_gpu_refuses_without_cuda(tmp_path):
@@ -130,4 +144,40 @@ def test_duke_cv_pretrained_variant_needs_an_encoder_file(tmp_path, capsys):
     (tmp_path / "duke-dme-train").mkdir()
     with pytest.raises(SystemExit) as exc:
         main(["--shared", str(tmp_path), "--variants", "pretrained"])
-    assert exc.value.code == 2 and "--variants pretrained needs --encoder-weights PATH" in capsys.readouterr().err
+    assert exc.value.code == 2 and "--variants pretrained: not among ['scratch']" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exc:
+        main(["--shared", str(tmp_path), "--encoder-weights", f"mim={tmp_path / 'missing.pth'}"])
+    assert exc.value.code == 2 and "missing.pth is no such file" in capsys.readouterr().err
+
+
+def test_duke_cv_encoder_variants_are_named_and_unique(tmp_path):
+    from benchmarks.duke_cv import encoder_variants
+
+    a, b = tmp_path / "a.pth", tmp_path / "b.pth"
+    a.write_bytes(b"x"), b.write_bytes(b"x")
+    assert encoder_variants([str(a)]) == {"pretrained": a}
+    assert encoder_variants([f"mim={a}", f"synthetic={b}"]) == {"mim": a, "synthetic": b}
+    for bad in ([f"scratch={a}"], [f"mim={a}", f"mim={b}"], [f"={a}"]):
+        with pytest.raises(ValueError, match="must be new and not 'scratch'"):
+            encoder_variants(bad)
+
+
+def test_duke_cv_chooses_the_encoder_per_subject_on_its_inner_cv_only():
+    from benchmarks.duke_cv import KINDS, summarise
+
+    def rec(variant, subject, inner, held_out):
+        return {"variant": variant, "subject": subject, "inner_cv_fluid_dice": inner,
+                "scores": {k: held_out for k in (*KINDS, *(f"{k}_band" for k in KINDS))}}
+
+    # on S1 "a" has the better inner CV but the worse held-out score: the choice must not peek at S1
+    per_subject = [rec("scratch", "S1", 0.5, 0.50), rec("scratch", "S2", 0.5, 0.60), rec("scratch", "S3", 0.5, 0.40),
+                   rec("a", "S1", 0.7, 0.40), rec("a", "S2", 0.4, 0.90), rec("a", "S3", 0.6, 0.50),
+                   rec("b", "S1", 0.6, 0.80), rec("b", "S2", 0.5, 0.70), rec("b", "S3", 0.5, 0.90)]
+    summary, rows = summarise(per_subject, ["scratch", "a", "b"], ["S1", "S2", "S3"])
+    assert summary["selected_encoder"] == {"S1": "a", "S2": "b", "S3": "a"}
+    assert summary["selected - scratch"]["ensemble"]["diffs"] == pytest.approx([-0.1, 0.1, 0.1])
+    assert summary["a - scratch"]["single"]["diffs"] == pytest.approx([-0.1, 0.3, 0.1])
+    assert summary["b"]["ensemble"]["mean"] == pytest.approx(0.8)
+    assert summary["b"]["paired"]["ensemble - single"]["mean"] == 0
+    assert ["selected encoder", "by inner CV", "S1: a, S2: b, S3: a"] in rows
+    assert "selected_encoder" not in summarise(per_subject[:6], ["scratch", "a"], ["S1", "S2", "S3"])[0]

@@ -111,19 +111,24 @@ def _figure(path: Path, data, predictions: dict, classes, n: int = 4) -> None:
     plt.close(fig)
 
 
-def run_demo(out="runs/demo", minutes: Optional[float] = None, seed: int = 0, quick: bool = False) -> dict:
+def run_demo(out="runs/demo", minutes: Optional[float] = None, seed: int = 0, quick: bool = False,
+             precision: str = "auto") -> dict:
     """Run the whole demo into ``out``; returns method -> weights -> scores on the test volumes.
 
     ``quick`` runs the same pipeline on a tiny dataset and model in seconds (for tests); its
     figures mean nothing. ``out`` must be new, empty or an earlier demo's folder (reused).
+    ``precision``: ``trainer.precision`` of both runs (``auto``: bf16 where the CPU does it natively;
+    ``32`` times the demo as a CPU without bf16 runs it).
     """
     from octseg.io.outputs import OutputFolder
 
     out = Path(out)
     legacy = lambda p: (p / "prepared" / "dataset.json").is_file()  # noqa: E731 - a demo folder of octseg <= 0.1
     with OutputFolder(out, "demo", whole=True, legacy=legacy):
-        _check_settings(out, {"seed": int(seed), "quick": bool(quick)})
-        return _run_demo(out, minutes, seed, quick)
+        # a non-default precision is part of the settings: runs trained at another one are not reused
+        _check_settings(out, {"seed": int(seed), "quick": bool(quick),
+                              **({"precision": precision} if precision != "auto" else {})})
+        return _run_demo(out, minutes, seed, quick, precision)
 
 
 def _check_settings(out: Path, settings: dict) -> None:
@@ -145,17 +150,20 @@ def _check_settings(out: Path, settings: dict) -> None:
     atomic_write_text(path, json.dumps(settings) + "\n")
 
 
-def _run_demo(out: Path, minutes: Optional[float], seed: int, quick: bool) -> dict:
+def _run_demo(out: Path, minutes: Optional[float], seed: int, quick: bool, precision: str = "auto") -> dict:
     from octseg.checkpoint import load_networks
     from octseg.io.outputs import atomic_write_text
     from octseg.metrics import score_networks
     from octseg.training.data import load_train_data
+    from octseg.training.run import resolve_precision
 
     t0 = time.time()
     prepared = _prepare(out, seed, QUICK_SYNTH, QUICK_SIZE) if quick else _prepare(out, seed)
     overrides = [f"data.path={prepared}", f"seed={seed}"] + (QUICK_OVERRIDES if quick else [])
     if minutes:
         overrides.append(f"trainer.max_minutes={minutes}")
+    if precision != "auto":
+        overrides.append(f"trainer.precision={precision}")
     base = load_config("demo_cpu", overrides)
     data = None
     results: dict = {}
@@ -200,6 +208,7 @@ def _run_demo(out: Path, minutes: Optional[float], seed: int, quick: bool) -> di
         "synthetic": QUICK_SYNTH if quick else SYNTH,
         "size": list(QUICK_SIZE if quick else SIZE),
         "seed": seed,
+        "precision": resolve_precision(base.trainer.precision, base.trainer.accelerator),
     }
     atomic_write_text(out / "demo_details.json", json.dumps(details, indent=2))
     print(f"\nwrote {out / 'demo_results.json'} (method -> weights -> class -> Dice), {out / 'demo_predictions.png'} "

@@ -348,6 +348,10 @@ def test_demo_pipeline_quick(tmp_path):
 
     with pytest.raises(DataError, match="holds the demo made with"):
         run_demo(tmp_path / "demo", quick=True, seed=1)
+    # ... nor for another training precision (its timings would be the other precision's)
+    with pytest.raises(DataError, match="'precision': 'bf16-mixed'"):
+        run_demo(tmp_path / "demo", quick=True, precision="bf16-mixed")
+    assert json.loads((tmp_path / "demo" / "demo_details.json").read_text())["precision"] == "32"
 
 
 def test_train_cli_reports_config_errors(tmp_path, capsys):
