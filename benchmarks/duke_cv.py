@@ -39,6 +39,7 @@ variant); ``--pretrain`` adds 5-10 min per objective (600 steps). Finished inner
 are reused, so an interrupted or extended benchmark (a new variant) only trains what is missing.
 
     python benchmarks/duke_cv.py --pretrain synthetic mim denoise  # the committed results (~70 min, bf16 CPU)
+    python benchmarks/duke_cv.py --pretrain mim --select last      # -> results/duke_cv_select_last.json (~30 min)
     python benchmarks/duke_cv.py                                  # scratch only, all 5 subjects
     python benchmarks/duke_cv.py --encoder-weights runs/pretrain/encoder.pt
     python benchmarks/duke_cv.py --encoder-weights mim=runs/enc-mim.pth --encoder-weights synthetic=runs/enc-syn.pth
@@ -131,6 +132,14 @@ def score_subject(cv_dir: Path, cv: dict, images: np.ndarray, gt: np.ndarray, tr
     return out
 
 
+def default_paths(quick: bool, select: str) -> tuple[Path, Path]:
+    """The results JSON and workdir of a run: smoke runs and ``--select last`` get their own, so neither
+    overwrites the committed figures nor meets inner CVs of the other kind (which resume refuses)."""
+    sfx = ("_quick" if quick else "") + ("_select_last" if select == "last" else "")
+    workdir = Path("runs") / f"bench-duke-cv{sfx.replace('_', '-')}"
+    return REPO / "benchmarks" / "results" / f"duke_cv{sfx}.json", workdir
+
+
 def train_seconds(cv_dir: Path, folds: int) -> float:
     """Seconds the inner runs of ``cv_dir`` spent training (their ``metrics.json``), however long ago they
     ran: a re-scoring run reuses them, so its own wall clock says nothing about the benchmark's cost."""
@@ -151,8 +160,10 @@ def summarise(per_subject: list[dict], variants: list[str], subjects: list[str])
     summary, rows = {}, []
     for variant in variants:
         v = {k: spread(of(variant, k).values()) for k in ("inner_cv_fluid_dice", *KINDS, *BAND_KINDS)}
-        pairs = {"ensemble - single": ("ensemble", "single"), "ensemble_tta - single_tta": ("ensemble_tta", "single_tta"),
-                 "ensemble_tta - ensemble": ("ensemble_tta", "ensemble"), "single_tta - single": ("single_tta", "single"),
+        pairs = {"ensemble - single": ("ensemble", "single"),
+                 "ensemble_tta - single_tta": ("ensemble_tta", "single_tta"),
+                 "ensemble_tta - ensemble": ("ensemble_tta", "ensemble"),
+                 "single_tta - single": ("single_tta", "single"),
                  "ensemble_tta_pp - ensemble_tta": ("ensemble_tta_pp", "ensemble_tta")}
         v["paired"] = {name: paired([of(variant, a)[s] - of(variant, b)[s] for s in subjects])
                        for name, (a, b) in pairs.items()}
@@ -228,9 +239,9 @@ def main(argv=None) -> int:
         ap.error(f"--pretrain mim/denoise pretrain on {kermany}, which is not there")
     if set(args.pretrain) & set(encoders):
         ap.error(f"--pretrain {' '.join(args.pretrain)}: variant names also given to --encoder-weights")
-    sfx = "_quick" if q else ""
-    out_json = args.out or REPO / "benchmarks" / "results" / f"duke_cv{sfx}.json"
-    workdir = (args.workdir or Path("runs") / f"bench-duke-cv{sfx.replace('_', '-')}").absolute()
+    default_json, default_workdir = default_paths(q, args.select)
+    out_json = args.out or default_json
+    workdir = (args.workdir or default_workdir).absolute()
     pretrain = {o: workdir / "encoders" / f"{o}.pth" for o in args.pretrain}
     subjects = args.subjects or (QUICK["subjects"] if q else SUBJECTS)
     if any(s not in SUBJECTS for s in subjects):

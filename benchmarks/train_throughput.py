@@ -19,8 +19,9 @@ Each step's FLOPs (forward + backward convolutions and matmuls, ``torch.utils.fl
 counted once on an untimed warm-up step; achieved FLOP/s = FLOPs / median step time, set against
 the float32 peak of a large ``torch.mm`` timed on this machine in the same run (best of N, before and
 after the rounds, at the same thread count) and, as a second ceiling, that of a large 3x3 convolution
-(256 channels, 8 x 64 x 64, channels-last: oneDNN on CPUs, which can outrun the BLAS behind ``torch.mm``). ``--compile`` adds ``torch.compile`` (inductor) variants
-of octseg's steps; ``--threads 1 2`` repeats everything per intra-op thread count.
+(256 channels, 8 x 64 x 64, channels-last: oneDNN on CPUs, which can outrun the BLAS behind
+``torch.mm``). ``--compile`` adds ``torch.compile`` (inductor) variants of octseg's steps; ``--threads
+1 2`` repeats everything per intra-op thread count.
 
     python benchmarks/train_throughput.py [--rounds 3] [--steps 3] [--threads N ...] [--compile]
                                           [--out benchmarks/results/train_throughput.json]

@@ -181,3 +181,13 @@ def test_duke_cv_chooses_the_encoder_per_subject_on_its_inner_cv_only():
     assert summary["b"]["paired"]["ensemble - single"]["mean"] == 0
     assert ["selected encoder", "by inner CV", "S1: a, S2: b, S3: a"] in rows
     assert "selected_encoder" not in summarise(per_subject[:6], ["scratch", "a"], ["S1", "S2", "S3"])[0]
+
+
+def test_duke_cv_keeps_each_kind_of_run_apart():
+    sys.path.insert(0, str(ROOT))
+    from benchmarks.duke_cv import default_paths
+
+    paths = {(q, sel): default_paths(q, sel) for q in (False, True) for sel in ("best", "last")}
+    assert paths[(False, "best")][0].name == "duke_cv.json"  # the committed figures
+    assert paths[(False, "last")][0].name == "duke_cv_select_last.json"
+    assert len({p[0] for p in paths.values()}) == len({p[1] for p in paths.values()}) == 4
