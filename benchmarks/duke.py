@@ -17,13 +17,13 @@ augmentation) runs on the same split, seed and labelled augmentation (paired run
 compared with the better supervised baseline of its regime, chosen on validation Dice (mean over
 rotations), never on the test subject.
 
-Recipe: ``configs/duke.yaml`` (2 classes, dice+CE, AdamW cosine, flips and small affine) with the
-label-efficiency benchmark's light network (timm ResNet10-T, decoder 64-32-16-8-4) at ``--size``
+Recipe: ``configs/duke.yaml`` (2 classes, dice+CE, AdamW cosine, flips and small affine) with its own
+ResNet18 U-Net (the label-efficiency benchmark's ``MODEL`` overrides, none today) at ``--size``
 (default 128x192, the B-scans' aspect ratio) for ``--epochs`` x ``--steps-per-epoch`` steps, validated
 every epoch on the validation subject (``best.ckpt``, the checkpoint's default network: the teacher
 for mean_teacher and bcp).
 
-Scores: predictions at the native 496x768 (nearest-neighbour resize of the label map) against the
+Scores: predictions at the native 496x768 (class probabilities resized, then argmax) against the
 original masks, as ``octseg evaluate`` scores raw data; fluid Dice pooled over the test subject's
 B-scans (headline), and, secondary, the same with columns outside the reference fluid's extent
 +- ``--band-margin`` ignored (the graders annotated a central band only; outside it "0" means "not

@@ -28,8 +28,8 @@ def score_networks(networks: Mapping[str, nn.Module], meta: dict, images: np.nda
 
     ``networks``/``meta``: as :func:`octseg.checkpoint.load_networks` returns them (name ->
     module; meta gives classes, normalization and input_size). ``images``: uint8 (N, H, W);
-    ``gt``: (N, h, w) label maps, predictions are made at (h, w) (nearest-neighbour resize
-    of the model's output, as ``octseg.inference.predict_labels`` does). ``volumes``/
+    ``gt``: (N, h, w) label maps, predictions are made at (h, w) (the model's class
+    probabilities resized, then the arg-max, as ``octseg.inference.predict_labels`` does). ``volumes``/
     ``vendors``: one per B-scan or one for all; vendors that are all empty or None count
     as unknown (no ``by_vendor``). ``class_names`` overrides ``meta["classes"]`` (same count).
     ``device``/``batch``/``tta``: passed to ``predict_labels``.
