@@ -84,6 +84,20 @@ EXTRA = {"supervised_strong": ("supervised", ["augment.strong=true"]),
          "unimatch_mild": ("unimatch", MILD_STRONG)}
 
 
+def encoder_variants(specs) -> dict[str, Path]:
+    """``--encoder-weights [NAME=]PATH`` values as {variant name: encoder file} (bare PATH: 'pretrained')."""
+    out: dict[str, Path] = {}
+    for spec in specs:
+        name, sep, path = spec.partition("=")
+        name, path = (name, Path(path)) if sep else ("pretrained", Path(spec))
+        if not name or name == "scratch" or name in out:
+            raise ValueError(f"--encoder-weights {spec}: the variant name must be new and not 'scratch'")
+        if not path.is_file():
+            raise ValueError(f"--encoder-weights {spec}: {path} is no such file")
+        out[name] = path
+    return out
+
+
 def quiet_lightning() -> None:
     """Keep the console to octseg's own lines: Lightning sets its loggers to INFO when imported."""
     import lightning.pytorch  # noqa: F401 - imported first, so the levels below are not reset
@@ -154,12 +168,12 @@ def rank_key(s) -> float:
     return -np.inf if m is None or not np.isfinite(m) else float(m)
 
 
-def mean_teacher_target(summary: dict, regimes) -> dict:
+def mean_teacher_target(summary: dict, regimes, name: str = "mean_teacher") -> dict:
     """The target "Mean Teacher above the best supervised baseline in every regime": prints it and
-    returns its figures (``summary[regime]["mean_teacher"]["vs_best_supervised"]`` from ``paired``)."""
-    g = {r: summary[r]["mean_teacher"]["vs_best_supervised"] for r in regimes}
+    returns its figures (``summary[regime][name]["vs_best_supervised"]`` from ``paired``)."""
+    g = {r: summary[r][name]["vs_best_supervised"] for r in regimes}
     met = all(x["mean"] is not None and x["mean"] > 0 for x in g.values())
-    print("Target: Mean Teacher above the best supervised baseline in every regime -> "
+    print(f"Target: Mean Teacher ({name}) above the best supervised baseline in every regime -> "
           f"{'met' if met else 'NOT met'} (" + ", ".join(f"{r} {fmt(x['mean'], sign=True)} {ci_text(x)}"
                                                         for r, x in g.items()) + ")")
     return {"gains": {r: x["mean"] for r, x in g.items()}, "ci95": {r: x["ci95"] for r, x in g.items()},

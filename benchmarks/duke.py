@@ -36,6 +36,20 @@ supervised + 0.05 fluid Dice at 1 labelled subject, + 0.03 at 2; Mean Teacher ab
     python benchmarks/duke.py                         # 5 rotations x (2 regimes x 8 methods + 1): ~10 h on 2 cores
     python benchmarks/duke.py --rotations 1 2 --methods fixmatch
     python benchmarks/duke.py --quick                 # smoke run (figures mean nothing)
+
+Encoders (``--encoder-weights NAME=PATH``, files written by ``octseg pretrain``): a method named
+``METHOD@NAME`` starts from that encoder, ``METHOD@scratch`` from random weights, a bare ``METHOD`` from
+the recipe's (and the overrides') ``model.encoder_weights``. Learning from unlabelled B-scans is what
+is measured, whether it happens while training or before it: a variant counts as semi-supervised when
+its method uses the unlabelled pool or its encoder was pretrained on unlabelled B-scans (objective
+``mim`` or ``denoise``, read from the file); a supervised method on an encoder pretrained on synthetic
+volumes with their exact masks (objective ``synthetic``) or on weights of unknown origin is a
+supervised baseline. So "pretrain on the pool, then fine-tune" competes as a semi-supervised method,
+and each semi-supervised variant on a pretrained encoder is also compared with supervised training
+on the same encoder (column "vs same enc."), which isolates what training on the pool adds:
+
+    python benchmarks/duke.py --regimes 1s --encoder-weights mim=enc-mim.pth --encoder-weights synthetic=enc-syn.pth \\
+        --methods supervised@scratch supervised_strong@scratch supervised@synthetic supervised@mim fixmatch@mim
 """
 
 from __future__ import annotations
@@ -50,9 +64,9 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-from benchmarks._common import (SUPERVISED, all_methods, ci_text, fmt, mean_sd, mean_teacher_target,  # noqa: E402
-                                method_overrides, paired, print_table, quiet_lightning, rank_key, run_training,
-                                save_split, spread, write_results)
+from benchmarks._common import (SUPERVISED, all_methods, ci_text, encoder_variants, fmt,  # noqa: E402
+                                mean_sd, mean_teacher_target, method_overrides, paired, print_table,
+                                quiet_lightning, rank_key, run_training, save_split, spread, write_results)
 from benchmarks.label_efficiency import MODEL  # noqa: E402
 
 RECIPE = "duke"
@@ -66,6 +80,33 @@ PUBLISHED = {"method": "ReLayNet (Roy et al. 2017)", "fluid_dice": 0.77,
              "protocol": "trained on Duke subjects 1-5, tested on subjects 6-10 (not the protocol here)"}
 QUICK = {"size": [64, 96], "epochs": 1, "steps_per_epoch": 2, "rotations": [2],
          "methods": ["supervised", "supervised_strong", "fixmatch"], "kermany": 40}
+
+
+#: Pretraining objectives of ``octseg pretrain`` that learn from unlabelled B-scans.
+UNLABELLED_OBJECTIVES = ("mim", "denoise")
+
+
+def split_variant(name: str) -> tuple[str, str | None]:
+    """``METHOD@ENCODER`` as (method, encoder name); a bare method name has encoder None."""
+    method, sep, encoder = name.partition("@")
+    return method, (encoder if sep else None)
+
+
+def pretrained_on_unlabelled(path: Path) -> bool:
+    """Whether an encoder file was pretrained on unlabelled B-scans (its ``octseg pretrain`` metadata
+    names an unlabelled objective); files without that metadata count as supervised weights."""
+    from octseg.models import read_weights_file
+
+    meta = read_weights_file(path)[1] or {}
+    return meta.get("objective") in UNLABELLED_OBJECTIVES
+
+
+def unlabelled_use(name: str, unlabelled_encoders) -> str:
+    """'-', 'pretraining', 'training' or 'both': where variant ``name`` learns from unlabelled B-scans."""
+    method, encoder = split_variant(name)
+    pre, train = encoder in unlabelled_encoders, method not in SUPERVISED  # supervised_fda uses the pool
+    return {(False, False): "-", (True, False): "pretraining", (False, True): "training",
+            (True, True): "both"}[(pre, train)]
 
 
 def rotation(k: int) -> dict:
@@ -152,7 +193,11 @@ def main(argv=None) -> int:
     ap.add_argument("--rotations", type=int, nargs="+", default=None,
                     help="which of the 5 rotations (1-5: the test subject's number; default all)")
     ap.add_argument("--regimes", nargs="+", default=None, help=f"default {list(REGIMES)}")
-    ap.add_argument("--methods", nargs="+", default=None, help="default: every method + supervised_strong")
+    ap.add_argument("--methods", nargs="+", default=None,
+                    help="default: every method + supervised_strong; METHOD@ENCODER starts from an encoder of "
+                         "--encoder-weights (or @scratch)")
+    ap.add_argument("--encoder-weights", action="append", default=[], metavar="NAME=PATH",
+                    help="an encoder file (octseg pretrain) that METHOD@NAME variants start from (repeatable)")
     ap.add_argument("--no-reference", action="store_true", help="skip the all-training-subjects supervised run")
     ap.add_argument("--no-kermany", action="store_true", help="leave the Kermany pool out of the unlabelled data")
     ap.add_argument("--size", type=int, nargs=2, default=None, help=f"training input H W (default {SIZE})")
@@ -183,11 +228,25 @@ def main(argv=None) -> int:
     if any(r not in REGIMES for r in regimes):
         ap.error(f"--regimes {regimes}: choose among {list(REGIMES)}")
     known = all_methods()
-    methods = args.methods or (QUICK["methods"] if q else known)
-    if any(m not in known for m in methods):
-        ap.error(f"--methods: choose among {known}")
-    methods = list(dict.fromkeys([*SUPERVISED, *methods]))
-    semi = [m for m in methods if m not in SUPERVISED]
+    try:
+        encoders = {"scratch": None} | encoder_variants(args.encoder_weights)
+    except ValueError as exc:
+        ap.error(str(exc))
+    methods = list(dict.fromkeys(args.methods or (QUICK["methods"] if q else known)))
+    for m in methods:
+        method, encoder = split_variant(m)
+        if method not in known:
+            ap.error(f"--methods {m}: choose among {known}")
+        if encoder is not None and encoder not in encoders:
+            ap.error(f"--methods {m}: no encoder {encoder!r}; name it with --encoder-weights {encoder}=PATH "
+                     f"(known: {', '.join(encoders)})")
+    unlabelled_encoders = {n for n, path in encoders.items() if path is not None and pretrained_on_unlabelled(path)}
+    use = {m: unlabelled_use(m, unlabelled_encoders) for m in methods}
+    if not any(use[m] == "-" for m in methods):  # every variant needs a supervised baseline to be compared with
+        methods = [*SUPERVISED, *methods]
+        use |= {m: "-" for m in SUPERVISED}
+    baselines = [m for m in methods if use[m] == "-"]
+    semi = [m for m in methods if use[m] != "-"]
     size = args.size or (QUICK["size"] if q else list(SIZE))
     epochs = args.epochs or (QUICK["epochs"] if q else EPOCHS)
     steps = args.steps_per_epoch or (QUICK["steps_per_epoch"] if q else STEPS)
@@ -240,14 +299,17 @@ def main(argv=None) -> int:
                             f"rotation {k}: test {rot['test']}, validation {rot['val']}, labelled {lab}")
         extra = [str(p.path) for p in ([vol] if uses_vol else []) + pool]
         run_dir = workdir / f"r{k}-{regime}" / method
+        method_name, encoder = split_variant(method)
+        weights = [] if encoder is None else [f"model.encoder_weights={encoders[encoder] or 'none'}"]
         cfg = load_config(RECIPE, [f"data.path={ds.path}", f"data.size=[{size[0]},{size[1]}]", f"data.split={split}",
-                                   *MODEL, *method_overrides(method), f"seed={args.seed}",
+                                   *MODEL, *method_overrides(method_name), f"seed={args.seed}",
                                    f"data.extra_unlabelled=[{','.join(extra)}]",
                                    f"trainer.max_epochs={epochs}", f"trainer.steps_per_epoch={steps}",
                                    "trainer.val_every_n_epochs=1", "trainer.progress=false",
-                                   f"trainer.max_minutes={args.minutes}", f"name=duke-r{k}-{regime}-{method}",
+                                   f"trainer.max_minutes={args.minutes}",
+                                   f"name=duke-r{k}-{regime}-{method.replace('@', '-')}",
                                    f"method.mean_teacher.consistency_rampup_epochs={max(1, round(epochs / 4))}",
-                                   *args.overrides])
+                                   *args.overrides, *weights])
         print(f"\n[{i}/{len(plan)}] rotation {k} (test {rot['test']}, val {rot['val']}), {regime}: labelled {lab}, "
               f"{method} -> {run_dir}", flush=True)
         t0 = time.time()
@@ -272,7 +334,7 @@ def main(argv=None) -> int:
                                       for key in ("fluid_dice", "band_fluid_dice")} for part in ("val", "test")}
                            for m in methods}
         val_of = lambda m: rank_key(summary[regime][m]["val"]["fluid_dice"])  # noqa: E731
-        baseline[regime] = max(SUPERVISED, key=val_of)   # chosen on validation, never on test
+        baseline[regime] = max(baselines, key=val_of)   # chosen on validation, never on test
         best_semi[regime] = max(semi, key=val_of) if semi else None
         base = runs_of(regime, baseline[regime])
         for m in methods:
@@ -281,6 +343,14 @@ def main(argv=None) -> int:
                 [mine[k]["scores"]["test"]["fluid_dice"] - base[k]["scores"]["test"]["fluid_dice"]
                  for k in rotations if k in mine and k in base])
             summary[regime][m]["sec_per_step"] = spread([r["sec_per_step"] for r in mine.values()])
+            summary[regime][m]["unlabelled"] = use[m]
+            encoder = split_variant(m)[1]
+            same = "supervised" + ("" if encoder is None else f"@{encoder}")
+            if use[m] != "-" and same != m and same in methods:  # what training on the pool adds to its encoder
+                ref = runs_of(regime, same)
+                summary[regime][m]["vs_supervised_same_encoder"] = {"reference": same, **paired(
+                    [mine[k]["scores"]["test"]["fluid_dice"] - ref[k]["scores"]["test"]["fluid_dice"]
+                     for k in rotations if k in mine and k in ref])}
     reference = ({part: spread([r["scores"][part]["fluid_dice"] for r in runs_of(REFERENCE, "supervised").values()])
                   for part in ("val", "test")} if not args.no_reference else {})
 
@@ -289,17 +359,23 @@ def main(argv=None) -> int:
         for m in methods:
             s = summary[regime][m]
             p = s["vs_best_supervised"]
-            rows.append([regime, m + (" *" if m == baseline[regime] else ""), mean_sd(s["val"]["fluid_dice"]),
+            same = s.get("vs_supervised_same_encoder")
+            rows.append([regime, m + (" *" if m == baseline[regime] else ""), use[m], mean_sd(s["val"]["fluid_dice"]),
                          mean_sd(s["test"]["fluid_dice"]), mean_sd(s["test"]["band_fluid_dice"]),
                          "-" if m == baseline[regime] else fmt(p["mean"], sign=True),
-                         "-" if m == baseline[regime] else ci_text(p), fmt(s["sec_per_step"]["mean"], 2)])
+                         "-" if m == baseline[regime] else ci_text(p),
+                         f"{fmt(same['mean'], sign=True)} {ci_text(same)}" if same else "",
+                         fmt(s["sec_per_step"]["mean"], 2)])
     if reference:
-        rows.append([REFERENCE, "supervised (3 subjects labelled)", mean_sd(reference["val"]),
-                     mean_sd(reference["test"]), "", "", "", ""])
+        rows.append([REFERENCE, "supervised (3 subjects labelled)", "", mean_sd(reference["val"]),
+                     mean_sd(reference["test"]), "", "", "", "", ""])
     print(f"\nFluid Dice on Duke DME at native 496x768 (pooled over the test subject's B-scans; mean ± sd over "
           f"rotations {rotations}); {epochs} x {steps} steps at {size[0]}x{size[1]}, seed {args.seed}; "
-          f"* = the better supervised baseline (chosen on validation); diff = paired difference to it:")
-    print_table(["regime", "method", "val", "test", "test band*", "diff", "95 % CI", "s/step"], rows)
+          f"* = the best supervised baseline (chosen on validation); diff = paired difference to it; unlabelled = "
+          f"where a variant learns from unlabelled B-scans; vs same enc. = paired difference to supervised training "
+          f"from the same encoder:")
+    print_table(["regime", "method", "unlabelled", "val", "test", "test band*", "diff", "95 % CI", "vs same enc.",
+                 "s/step"], rows)
     print(f"band*: secondary, columns outside the reference fluid's extent +-{args.band_margin} px ignored. "
           f"Context: {PUBLISHED['method']} {PUBLISHED['fluid_dice']} ({PUBLISHED['protocol']}).")
 
@@ -316,15 +392,17 @@ def main(argv=None) -> int:
         print(f"Target: best semi-supervised ({b}, chosen on validation) >= best supervised ({baseline[regime]}) + "
               f"{TARGET_GAIN[regime]} at {regime} -> {'met' if met else 'NOT met'} (gain {fmt(p['mean'], sign=True)}, "
               f"CI {ci_text(p)})")
-    if "mean_teacher" in methods:
-        targets["mean_teacher_above_supervised"] = mean_teacher_target(summary, regimes)
+    for m in methods:
+        if split_variant(m)[0] == "mean_teacher":
+            targets[f"{m}_above_supervised"] = mean_teacher_target(summary, regimes, m)
     if q:
         print("(--quick: a smoke run; these figures mean nothing)")
 
     path = write_results(out_json, "duke", {
         "settings": {"recipe": RECIPE, "model": MODEL, "size": size, "epochs": epochs, "steps_per_epoch": steps,
                      "seed": args.seed, "rotations": {k: rotation(k) for k in rotations}, "regimes": regimes,
-                     "methods": methods, "kermany": not args.no_kermany, "band_margin_px": args.band_margin,
+                     "methods": methods, "encoders": {n: str(p) if p else None for n, p in encoders.items()},
+                     "unlabelled_use": use, "kermany": not args.no_kermany, "band_margin_px": args.band_margin,
                      "threads": args.threads, "quick": q, "overrides": args.overrides, "workdir": str(workdir),
                      "checkpoint": "best.ckpt selected on the validation subject; the checkpoint's default network",
                      "metric": "fluid Dice of hard masks at native 496x768, pooled over the test subject's B-scans",

@@ -61,8 +61,8 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-from benchmarks._common import (ci_text, fmt, mean_sd, paired, print_table, quiet_lightning, save_split,  # noqa: E402
-                                spread, write_results)
+from benchmarks._common import (ci_text, encoder_variants, fmt, mean_sd, paired, print_table,  # noqa: E402
+                                quiet_lightning, save_split, spread, write_results)
 from benchmarks._pool_pretrain import pretrain_encoder, small_kermany  # noqa: E402
 from benchmarks.duke import SUBJECTS, band_masks, load_native, subject_folder  # noqa: E402
 from benchmarks.label_efficiency import MODEL  # noqa: E402
@@ -79,20 +79,6 @@ PRETRAIN = {"steps": 600, "batch": 8, "volumes": 48, "slices": 12, "kermany": No
 QUICK_PRETRAIN = {"steps": 2, "batch": 2, "volumes": 2, "slices": 2, "kermany": 8}
 KINDS = ("single", "single_tta", "ensemble", "ensemble_tta", "ensemble_tta_pp")
 BAND_KINDS = tuple(f"{k}_band" for k in KINDS)  # secondary: columns outside the graders' estimated band ignored
-
-
-def encoder_variants(specs) -> dict[str, Path]:
-    """``--encoder-weights [NAME=]PATH`` values as {variant name: encoder file} (bare PATH: 'pretrained')."""
-    out: dict[str, Path] = {}
-    for spec in specs:
-        name, sep, path = spec.partition("=")
-        name, path = (name, Path(path)) if sep else ("pretrained", Path(spec))
-        if not name or name == "scratch" or name in out:
-            raise ValueError(f"--encoder-weights {spec}: the variant name must be new and not 'scratch'")
-        if not path.is_file():
-            raise ValueError(f"--encoder-weights {spec}: {path} is no such file")
-        out[name] = path
-    return out
 
 
 def fluid_dice(gt: np.ndarray, pred: np.ndarray) -> float:

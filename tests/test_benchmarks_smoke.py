@@ -151,7 +151,7 @@ def test_duke_cv_pretrained_variant_needs_an_encoder_file(tmp_path, capsys):
 
 
 def test_duke_cv_encoder_variants_are_named_and_unique(tmp_path):
-    from benchmarks.duke_cv import encoder_variants
+    from benchmarks._common import encoder_variants
 
     a, b = tmp_path / "a.pth", tmp_path / "b.pth"
     a.write_bytes(b"x"), b.write_bytes(b"x")
@@ -160,6 +160,43 @@ def test_duke_cv_encoder_variants_are_named_and_unique(tmp_path):
     for bad in ([f"scratch={a}"], [f"mim={a}", f"mim={b}"], [f"={a}"]):
         with pytest.raises(ValueError, match="must be new and not 'scratch'"):
             encoder_variants(bad)
+
+
+def test_duke_counts_pretraining_on_unlabelled_b_scans_as_semi_supervision(tmp_path):
+    """An encoder pretrained on the pool (mim, denoise) makes its variants semi-supervised; one pretrained on
+    synthetic volumes with their masks, or weights without octseg metadata, leaves them supervised baselines."""
+    import torch
+
+    from benchmarks.duke import pretrained_on_unlabelled, split_variant, unlabelled_use
+    from octseg.models import ENCODER_META_KEY
+
+    files = {}
+    for objective in ("mim", "denoise", "synthetic", None):
+        files[objective] = tmp_path / f"{objective}.pth"
+        obj = {"state_dict": {"w": torch.zeros(1)}}
+        if objective:
+            obj[ENCODER_META_KEY] = {"objective": objective, "encoder": "resnet18"}
+        torch.save(obj, files[objective])
+    assert [pretrained_on_unlabelled(files[o]) for o in ("mim", "denoise", "synthetic", None)] == [
+        True, True, False, False]
+    assert split_variant("fixmatch@mim") == ("fixmatch", "mim") and split_variant("fixmatch") == ("fixmatch", None)
+    pre = {"mim"}
+    assert [unlabelled_use(m, pre) for m in ("supervised@scratch", "supervised_strong@synthetic", "supervised@mim",
+                                             "fixmatch@scratch", "fixmatch@mim", "supervised_fda", "supervised")] == [
+        "-", "-", "pretraining", "training", "both", "training", "-"]
+
+
+def test_duke_refuses_a_variant_of_an_unnamed_encoder(tmp_path, capsys):
+    from benchmarks.duke import main
+
+    for d in ("duke-dme-train", "duke-subject01-unlabeled", "kermany-oct2017-test"):
+        (tmp_path / d).mkdir()
+    with pytest.raises(SystemExit) as exc:
+        main(["--shared", str(tmp_path), "--methods", "supervised@scratch", "fixmatch@mim"])
+    assert exc.value.code == 2 and "no encoder 'mim'; name it with --encoder-weights mim=PATH" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exc:
+        main(["--shared", str(tmp_path), "--methods", "nosuch@scratch"])
+    assert exc.value.code == 2 and "--methods nosuch@scratch: choose among" in capsys.readouterr().err
 
 
 def test_duke_cv_chooses_the_encoder_per_subject_on_its_inner_cv_only():
