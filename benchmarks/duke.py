@@ -39,8 +39,9 @@ supervised + 0.05 fluid Dice at 1 labelled subject, + 0.03 at 2; Mean Teacher ab
 
 Encoders (``--encoder-weights NAME=PATH``, files written by ``octseg pretrain``): a method named
 ``METHOD@NAME`` starts from that encoder, ``METHOD@scratch`` from random weights, a bare ``METHOD`` from
-the recipe's (and the overrides') ``model.encoder_weights``. Learning from unlabelled B-scans is what
-is measured, whether it happens while training or before it: a variant counts as semi-supervised when
+the recipe's (and the overrides') ``model.encoder_weights``, and is classified by that file. Learning
+from unlabelled B-scans is what is measured, whether it happens while training or before it: a
+variant counts as semi-supervised when
 its method uses the unlabelled pool or its encoder was pretrained on unlabelled B-scans (objective
 ``mim`` or ``denoise``, read from the file); a supervised method on an encoder pretrained on synthetic
 volumes with their exact masks (objective ``synthetic``) or on weights of unknown origin is a
@@ -101,10 +102,12 @@ def pretrained_on_unlabelled(path: Path) -> bool:
     return meta.get("objective") in UNLABELLED_OBJECTIVES
 
 
-def unlabelled_use(name: str, unlabelled_encoders) -> str:
-    """'-', 'pretraining', 'training' or 'both': where variant ``name`` learns from unlabelled B-scans."""
+def unlabelled_use(name: str, unlabelled_encoders, bare_pretrained: bool = False) -> str:
+    """'-', 'pretraining', 'training' or 'both': where variant ``name`` learns from unlabelled B-scans
+    (``bare_pretrained``: a bare method name's encoder, from the overrides, was pretrained on them)."""
     method, encoder = split_variant(name)
-    pre, train = encoder in unlabelled_encoders, method not in SUPERVISED  # supervised_fda uses the pool
+    pre = bare_pretrained if encoder is None else encoder in unlabelled_encoders
+    train = method not in SUPERVISED  # supervised_fda uses the pool too
     return {(False, False): "-", (True, False): "pretraining", (False, True): "training",
             (True, True): "both"}[(pre, train)]
 
@@ -241,10 +244,13 @@ def main(argv=None) -> int:
             ap.error(f"--methods {m}: no encoder {encoder!r}; name it with --encoder-weights {encoder}=PATH "
                      f"(known: {', '.join(encoders)})")
     unlabelled_encoders = {n for n, path in encoders.items() if path is not None and pretrained_on_unlabelled(path)}
-    use = {m: unlabelled_use(m, unlabelled_encoders) for m in methods}
+    bare = next((o.partition("=")[2] for o in reversed(args.overrides) if o.startswith("model.encoder_weights=")), "")
+    bare_pretrained = bare not in ("", "none") and Path(bare).is_file() and pretrained_on_unlabelled(Path(bare))
+    use = {m: unlabelled_use(m, unlabelled_encoders, bare_pretrained) for m in methods}
     if not any(use[m] == "-" for m in methods):  # every variant needs a supervised baseline to be compared with
-        methods = [*SUPERVISED, *methods]
-        use |= {m: "-" for m in SUPERVISED}
+        added = [f"{m}@scratch" for m in SUPERVISED]
+        methods = [*added, *methods]
+        use |= {m: "-" for m in added}
     baselines = [m for m in methods if use[m] == "-"]
     semi = [m for m in methods if use[m] != "-"]
     size = args.size or (QUICK["size"] if q else list(SIZE))

@@ -184,6 +184,9 @@ def test_duke_counts_pretraining_on_unlabelled_b_scans_as_semi_supervision(tmp_p
     assert [unlabelled_use(m, pre) for m in ("supervised@scratch", "supervised_strong@synthetic", "supervised@mim",
                                              "fixmatch@scratch", "fixmatch@mim", "supervised_fda", "supervised")] == [
         "-", "-", "pretraining", "training", "both", "training", "-"]
+    # bare names take the overrides' encoder: model.encoder_weights=<mim file> makes them learn from the pool
+    assert [unlabelled_use(m, pre, bare_pretrained=True) for m in ("supervised", "fixmatch", "supervised@scratch")] == [
+        "pretraining", "both", "-"]
 
 
 def test_duke_refuses_a_variant_of_an_unnamed_encoder(tmp_path, capsys):
