@@ -41,8 +41,8 @@ Encoders (``--encoder-weights NAME=PATH``, files written by ``octseg pretrain``)
 ``METHOD@NAME`` starts from that encoder, ``METHOD@scratch`` from random weights, a bare ``METHOD`` from
 the recipe's (and the overrides') ``model.encoder_weights``, and is classified by that file. Learning
 from unlabelled B-scans is what is measured, whether it happens while training or before it: a
-variant counts as semi-supervised when
-its method uses the unlabelled pool or its encoder was pretrained on unlabelled B-scans (objective
+variant counts as semi-supervised when its method uses the unlabelled pool or its encoder was
+pretrained on unlabelled B-scans (objective
 ``mim`` or ``denoise``, read from the file); a supervised method on an encoder pretrained on synthetic
 volumes with their exact masks (objective ``synthetic``) or on weights of unknown origin is a
 supervised baseline. So "pretrain on the pool, then fine-tune" competes as a semi-supervised method,
@@ -244,8 +244,11 @@ def main(argv=None) -> int:
             ap.error(f"--methods {m}: no encoder {encoder!r}; name it with --encoder-weights {encoder}=PATH "
                      f"(known: {', '.join(encoders)})")
     unlabelled_encoders = {n for n, path in encoders.items() if path is not None and pretrained_on_unlabelled(path)}
-    bare = next((o.partition("=")[2] for o in reversed(args.overrides) if o.startswith("model.encoder_weights=")), "")
-    bare_pretrained = bare not in ("", "none") and Path(bare).is_file() and pretrained_on_unlabelled(Path(bare))
+
+    from octseg.config import config_to_dict, load_config
+
+    bare = load_config(RECIPE, [*MODEL, *args.overrides]).model.encoder_weights  # what a bare method name starts from
+    bare_pretrained = Path(bare).is_file() and pretrained_on_unlabelled(Path(bare))
     use = {m: unlabelled_use(m, unlabelled_encoders, bare_pretrained) for m in methods}
     if not any(use[m] == "-" for m in methods):  # every variant needs a supervised baseline to be compared with
         added = [f"{m}@scratch" for m in SUPERVISED]
@@ -261,7 +264,6 @@ def main(argv=None) -> int:
 
     torch.set_num_threads(args.threads)
     quiet_lightning()
-    from octseg.config import config_to_dict, load_config
     from octseg.data.prepare import ensure_prepared
 
     sfx = "_quick" if q else ""
@@ -334,6 +336,11 @@ def main(argv=None) -> int:
     def runs_of(regime, method):
         return {r["rotation"]: r for r in per_run if r["regime"] == regime and r["method"] == method}
 
+    def test_gain(mine: dict, ref: dict) -> dict:
+        """``paired`` test fluid-Dice differences of two methods' runs, over the rotations both have."""
+        return paired([mine[k]["scores"]["test"]["fluid_dice"] - ref[k]["scores"]["test"]["fluid_dice"]
+                       for k in rotations if k in mine and k in ref])
+
     summary, baseline, best_semi = {}, {}, {}
     for regime in regimes:
         summary[regime] = {m: {part: {key: spread([r["scores"][part][key] for r in runs_of(regime, m).values()])
@@ -345,18 +352,14 @@ def main(argv=None) -> int:
         base = runs_of(regime, baseline[regime])
         for m in methods:
             mine = runs_of(regime, m)
-            summary[regime][m]["vs_best_supervised"] = paired(
-                [mine[k]["scores"]["test"]["fluid_dice"] - base[k]["scores"]["test"]["fluid_dice"]
-                 for k in rotations if k in mine and k in base])
+            summary[regime][m]["vs_best_supervised"] = test_gain(mine, base)
             summary[regime][m]["sec_per_step"] = spread([r["sec_per_step"] for r in mine.values()])
             summary[regime][m]["unlabelled"] = use[m]
             encoder = split_variant(m)[1]
             same = "supervised" + ("" if encoder is None else f"@{encoder}")
             if use[m] != "-" and same != m and same in methods:  # what training on the pool adds to its encoder
-                ref = runs_of(regime, same)
-                summary[regime][m]["vs_supervised_same_encoder"] = {"reference": same, **paired(
-                    [mine[k]["scores"]["test"]["fluid_dice"] - ref[k]["scores"]["test"]["fluid_dice"]
-                     for k in rotations if k in mine and k in ref])}
+                summary[regime][m]["vs_supervised_same_encoder"] = {"reference": same,
+                                                                    **test_gain(mine, runs_of(regime, same))}
     reference = ({part: spread([r["scores"][part]["fluid_dice"] for r in runs_of(REFERENCE, "supervised").values()])
                   for part in ("val", "test")} if not args.no_reference else {})
 
