@@ -18,6 +18,10 @@ import numpy as np
 CPU_FEATURES = ("avx2", "avx512f", "avx512_bf16", "amx_bf16")
 
 
+#: Environment variables that cap the instruction set of PyTorch's kernels, oneDNN and MKL.
+ISA_CAPS = ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "MKL_ENABLE_INSTRUCTIONS")
+
+
 def machine_info() -> dict:
     info = {
         "platform": platform.platform(),
@@ -42,6 +46,13 @@ def machine_info() -> dict:
 
         info["torch"] = torch.__version__
         info["torch_threads"] = torch.get_num_threads()
+        # the instruction set PyTorch's own kernels use: lower than the CPU's flags when capped by
+        # ATEN_CPU_CAPABILITY (oneDNN's by ONEDNN_MAX_CPU_ISA, MKL's by MKL_ENABLE_INSTRUCTIONS; recorded with
+        # it), e.g. to time this CPU as one without AVX-512
+        info["torch_cpu_capability"] = torch.backends.cpu.get_cpu_capability()
+        capped = {k: os.environ[k] for k in ISA_CAPS if os.environ.get(k)}
+        if capped:
+            info["isa_caps"] = capped
         info["cuda"] = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
     except ImportError:
         pass
@@ -69,6 +80,27 @@ SUPERVISED = ("supervised", "supervised_strong")
 FDA = ["augment.fourier_style_p=0.5"]
 MILD_STRONG = ["augment.strong_brightness=0.12", "augment.strong_contrast=0.2", "augment.strong_gamma=0.25",
                "augment.speckle_std=0.12", "augment.cutout_p=0.25"]
+#: ``fixmatch_cutmix`` / ``unimatch_cutmix``: the strong view is the weak view with a CutMix box from another
+#: unlabelled B-scan (in every view, not half) and nothing else (no intensity change, blur, speckle or cutout),
+#: a perturbation whose pseudo-labels stay exact: supervised training with the strong intensity augmentation
+#: loses SRF and PED at 1v whichever of its parts is left out (``STRONG_ABLATIONS``), so consistency under it
+#: might teach the same loss. Measured (1v, 5 seeds): it does not; without it FixMatch fell from +0.032 to
+#: -0.018 (UniMatch +0.024 -> +0.030): the intensity perturbations are where FixMatch's gain comes from.
+CUTMIX_ONLY = ["augment.strong_brightness=0", "augment.strong_contrast=0", "augment.strong_gamma=0",
+               "augment.speckle_std=0", "augment.blur_p=0", "augment.cutout_p=0", "augment.cutmix_p=1"]
+#: Supervised controls, by name only (never in a default plan, never a baseline or a semi-supervised method):
+#: the strong augmentation on the labelled views less one of its parts, and at half strength (``MILD_STRONG``).
+#: They answer why ``supervised_strong`` loses 0.09-0.15 at 1v: if one part destroyed the labels (cutout
+#: keeps the masks under its grey box), removing it would restore supervised. Measured (1v, 5 seeds; README):
+#: no single part does (-0.088 to -0.124 with any one left out, -0.111 with all; -0.048 at half strength).
+STRONG_ABLATIONS = {
+    "supervised_strong_nocutout": ("supervised", ["augment.strong=true", "augment.cutout_p=0"]),
+    "supervised_strong_noblur": ("supervised", ["augment.strong=true", "augment.blur_p=0"]),
+    "supervised_strong_nospeckle": ("supervised", ["augment.strong=true", "augment.speckle_std=0"]),
+    "supervised_strong_nointensity": ("supervised", ["augment.strong=true", "augment.strong_brightness=0",
+                                                     "augment.strong_contrast=0", "augment.strong_gamma=0"]),
+    "supervised_mild": ("supervised", ["augment.strong=true", *MILD_STRONG]),
+}
 EXTRA = {"supervised_strong": ("supervised", ["augment.strong=true"]),
          "fixmatch_t0.8": ("fixmatch", ["method.fixmatch.threshold=0.8"]),
          "fixmatch_dice": ("fixmatch", ["method.fixmatch.unsup_loss=dice"]),
@@ -81,7 +113,10 @@ EXTRA = {"supervised_strong": ("supervised", ["augment.strong=true"]),
          "fixmatch_fda": ("fixmatch", FDA),
          "unimatch_fda": ("unimatch", FDA),
          "fixmatch_mild": ("fixmatch", MILD_STRONG),
-         "unimatch_mild": ("unimatch", MILD_STRONG)}
+         "unimatch_mild": ("unimatch", MILD_STRONG),
+         "fixmatch_cutmix": ("fixmatch", CUTMIX_ONLY),
+         "unimatch_cutmix": ("unimatch", CUTMIX_ONLY),
+         **STRONG_ABLATIONS}
 
 
 def encoder_variants(specs) -> dict[str, Path]:
@@ -110,12 +145,13 @@ def quiet_lightning() -> None:
 
 
 def all_methods() -> list:
-    """Every registered method, each variant of ``EXTRA`` right after its method."""
+    """Every registered method, each variant of ``EXTRA`` right after its method (not the by-name-only
+    ``STRONG_ABLATIONS``)."""
     from octseg.methods import METHODS
 
     out = []
     for name in METHODS:
-        out += [name] + [v for v, (base, _) in EXTRA.items() if base == name]
+        out += [name] + [v for v, (base, _) in EXTRA.items() if base == name and v not in STRONG_ABLATIONS]
     return out
 
 

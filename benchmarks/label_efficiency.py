@@ -25,7 +25,9 @@ semi-supervised ones (``_pool_pretrain.POOL_PRETRAINED``, by name only): ``super
 ``fixmatch_mim`` and ``unimatch_mim`` fine-tune from an encoder pretrained with ``octseg pretrain``
 (masked-image modelling or denoising, ``POOL_PRETRAIN`` steps there) on the 48 training volumes' B-scans
 without labels (written once to ``WORKDIR/pretrain-pool``, the encoder to ``WORKDIR/encoders``; never
-a validation or test volume), one encoder for every seed.
+a validation or test volume), one encoder for every seed. The supervised controls of
+``_common.STRONG_ABLATIONS`` (by name only; never a baseline, never "semi-supervised") train supervised
+with the strong augmentation less one of its parts, or at half strength.
 
 Recipe: ``configs/demo_cpu.yaml`` (U-Net ResNet18 from scratch, decoder 256-128-64-32-16, dice+CE,
 AdamW 1e-3 cosine, batch 4 labelled + 4 unlabelled (``PINNED``), EMA 0.99, consistency weight 1) at
@@ -50,9 +52,11 @@ method (chosen on validation) >= best supervised + 0.05 with the 95 % interval a
 Time on 2 CPU cores (AMD EPYC without bf16, so float32): the supervised step takes about 0.41 s
 alone at 96x96 (measured in ``octseg demo``); the semi-supervised methods cost 2.2-4.4 times that
 (``SEC_PER_STEP``, scaled from side-by-side 40-step runs of the ResNet18 recipe). The s/step column of
-a run on a busy machine is that run's wall time per step, not the method's cost. The default plan (3 regimes x 3 seeds x 19
-methods and variants + 3 reference runs = 174 runs of 300 steps) is estimated at about 16.9 h (``estimate_seconds``,
-printed at the start), over the 3-hour budget; ``--regimes 1v`` (60 runs) at about 5.7 h. Three
+a run on a busy machine is that run's wall time per step, not the method's cost. The default plan (3 regimes x 3 seeds x 21
+methods and variants + 3 reference runs = 192 runs of 300 steps) is estimated at about 19 h (``estimate_seconds``,
+printed at the start), over the 3-hour budget; ``--regimes 1v`` (66 runs) at about 6.4 h. On a 2-core CPU with native
+bf16 (``precision: auto``), two runs of one thread each take 0.19 s per supervised step, 0.35 FixMatch, 0.57 UniMatch:
+5 seeds of 14 methods and variants at 1v (70 runs) trained in about an hour. Three
 processes of one thread each, one per seed, share 2 cores better than one of two threads; runs
 of several processes on one workdir are safe once the first has prepared the data (start it
 first). ``--quick`` (1 seed, 1v and 2v, 4 methods, 9 runs of 2 x 3 steps on 24 volumes) takes about
@@ -81,9 +85,9 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-from benchmarks._common import (SUPERVISED, all_methods, base_method, ci_text, fmt, mean_sd,  # noqa: E402
-                                mean_teacher_target, paired, print_table, quiet_lightning, rank_key, run_training,
-                                save_split, spread, train_parallel, write_results)
+from benchmarks._common import (STRONG_ABLATIONS, SUPERVISED, all_methods, base_method, ci_text,  # noqa: E402
+                                fmt, mean_sd, mean_teacher_target, paired, print_table, quiet_lightning, rank_key,
+                                run_training, save_split, spread, train_parallel, write_results)
 from benchmarks._pool_pretrain import POOL_PRETRAINED, overrides_of, pool_encoder  # noqa: E402
 
 RECIPE = "demo_cpu"
@@ -121,9 +125,15 @@ def estimate_seconds(plan, epochs: int, steps: int) -> float:
                * steps + RUN_S + EPOCH_S * epochs for _, _, m in plan)
 
 
+def supervised_only(method: str) -> bool:
+    """A supervised baseline or control: learns nothing from the unlabelled pool."""
+    return method in SUPERVISED or method in STRONG_ABLATIONS
+
+
 def known_methods() -> list:
-    """Every registered method and ``EXTRA`` variant (``all_methods``), then the pool-pretrained ones."""
-    return all_methods() + list(POOL_PRETRAINED)
+    """Every registered method and ``EXTRA`` variant (``all_methods``), then the by-name-only ones: the
+    pool-pretrained variants and the supervised controls of ``STRONG_ABLATIONS``."""
+    return all_methods() + list(POOL_PRETRAINED) + list(STRONG_ABLATIONS)
 
 
 # ----------------------------------------------------------------------------- data and splits
@@ -294,7 +304,7 @@ def plot(path: Path, summary: dict, regimes, methods, n_lab: dict, reference: di
         s = [summary[r][method]["test"]["mean_foreground"]["sd"] or 0.0 for r in regimes]
         off = (k - (len(methods) - 1) / 2) * width
         ax.errorbar(xs + off, m, yerr=s, color=cmap(k % cmap.N), marker=markers[k % len(markers)], capsize=3, lw=1.4,
-                    ls="--" if method in SUPERVISED else "-", label=method)
+                    ls="--" if supervised_only(method) else "-", label=method)
         pts = [(xs[regimes.index(r["regime"])] + off, r["scores"]["test"]["mean_foreground"]) for r in per_run
                if r["method"] == method and r["regime"] in regimes]
         if len(pts) > len(regimes):  # each seed, where there are several
@@ -377,7 +387,7 @@ def main(argv=None) -> int:
     if bad:
         ap.error(f"--methods: unknown {bad}; choose from {known}")
     methods = list(dict.fromkeys([*SUPERVISED, *methods]))
-    semi = [m for m in methods if m not in SUPERVISED]
+    semi = [m for m in methods if not supervised_only(m)]
     suffix = "_quick" if q else ""
     out_json = args.out or REPO / "benchmarks" / "results" / f"label_efficiency{suffix}.json"
     out_png = args.plot or REPO / "benchmarks" / "results" / f"label_efficiency{suffix}.png"

@@ -21,7 +21,10 @@ the float32 peak of a large ``torch.mm`` timed on this machine in the same run (
 after the rounds, at the same thread count) and, as a second ceiling, that of a large 3x3 convolution
 (256 channels, 8 x 64 x 64, channels-last: oneDNN on CPUs, which can outrun the BLAS behind
 ``torch.mm``). ``--compile`` adds ``torch.compile`` (inductor) variants of octseg's steps; ``--threads
-1 2`` repeats everything per intra-op thread count.
+1 2`` repeats everything per intra-op thread count; ``--contiguous`` adds octseg's float32 R50 step without
+channels-last. To time this CPU as one without AVX-512 (and so without native bf16), cap the instruction
+sets: ``ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 MKL_ENABLE_INSTRUCTIONS=AVX2`` (recorded in the JSON's
+``machine``).
 
     python benchmarks/train_throughput.py [--rounds 3] [--steps 3] [--threads N ...] [--compile]
                                           [--out benchmarks/results/train_throughput.json]
@@ -70,6 +73,10 @@ def plan(a, auto: str) -> list[dict]:
         out.append({"label": f"octseg ({name}, channels-last)" if p == "32" else f"octseg ({name})",
                     "group": "original", "kind": "octseg", "recipe": "original_mean_teacher_resnet50",
                     "size": size_r50, "overrides": [f"trainer.precision={p}", *common]})
+    if a.contiguous:  # the same step without channels-last: which layout wins depends on the CPU's kernels
+        out.append({"label": "octseg (fp32, contiguous)", "group": "original", "kind": "octseg",
+                    "recipe": "original_mean_teacher_resnet50", "size": size_r50,
+                    "overrides": ["trainer.precision=32", "trainer.channels_last=false", *common]})
     for method in ("mean_teacher", "supervised"):
         for p in precisions:
             out.append({"label": f"demo {method} ({pname.get(p, p)})", "group": "demo", "kind": "octseg",
@@ -92,6 +99,8 @@ def main(argv=None) -> int:
     ap.add_argument("--precisions", nargs="+", default=None,
                     help="trainer.precision values of octseg's steps (default: 32, and auto where auto is not 32)")
     ap.add_argument("--compile", action="store_true", help="also time torch.compile'd octseg steps")
+    ap.add_argument("--contiguous", action="store_true",
+                    help="also time octseg's float32 ResNet50 step without channels-last")
     ap.add_argument("--compile-backend", default=None,
                     help="torch.compile backend (default inductor; eager with --quick, where inductor's C++ "
                          "compilation alone would take minutes)")

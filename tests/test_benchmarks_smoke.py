@@ -23,8 +23,8 @@ def _run(script: str, *args: str, timeout: int = 300) -> subprocess.CompletedPro
                           capture_output=True, text=True, timeout=timeout)
 
 
-def _quick(script: str, out: Path) -> dict:
-    proc = _run(script, "--quick", "--threads", "1", "--out", str(out))
+def _quick(script: str, out: Path, *extra: str) -> dict:
+    proc = _run(script, "--quick", "--threads", "1", "--out", str(out), *extra)
     assert proc.returncode == 0, f"{script} --quick failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}"
     assert "QUICK SMOKE TEST" in proc.stdout
     doc = json.loads(out.read_text())
@@ -54,10 +54,12 @@ def test_gpu_quick_runs_every_path_on_cpu(tmp_path):
 
 
 def test_train_throughput_quick(tmp_path):
-    f = _quick("train_throughput.py", tmp_path / "tt.json")
+    f = _quick("train_throughput.py", tmp_path / "tt.json", "--contiguous")
     v = f["variants"]
-    assert {"original loop (fp32)", "octseg (fp32, channels-last)", "demo mean_teacher (fp32)",
-            "demo supervised (fp32)"} <= set(v)
+    assert {"original loop (fp32)", "octseg (fp32, channels-last)", "octseg (fp32, contiguous)",
+            "demo mean_teacher (fp32)", "demo supervised (fp32)"} <= set(v)
+    assert v["octseg (fp32, contiguous)"]["channels_last"] is False
+    assert v["octseg (fp32, channels-last)"]["channels_last"] is True
     for s in v.values():
         assert s["flops_per_step"] > 0 and s["achieved_flops_per_s"] > 0 and s["pct_of_peak"] > 0
         conv = f["conv_peak"]["1"]["flops_per_s"]  # the second ceiling, measured in the same run
@@ -107,6 +109,31 @@ def test_predict_throughput_repeats_on_a_tiny_volume(tmp_path):
     f = json.loads(out.read_text())["figures"]
     assert set(f["backends"]) == {"torch", "onnx"}
     assert all(len(b["all_runs"]) == 2 and b["bscans_per_s"] > 0 for b in f["backends"].values())
+
+
+def test_machine_info_records_an_instruction_set_cap(monkeypatch):
+    """A run timed with AVX-512 switched off must not read as one on a CPU without it, nor as this CPU's full speed."""
+    from benchmarks._common import ISA_CAPS, machine_info
+
+    for k in ISA_CAPS:
+        monkeypatch.delenv(k, raising=False)
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")
+    info = machine_info()
+    assert info["isa_caps"] == {"ONEDNN_MAX_CPU_ISA": "AVX2"} and info["torch_cpu_capability"]
+    monkeypatch.delenv("ONEDNN_MAX_CPU_ISA")
+    assert "isa_caps" not in machine_info()
+
+
+def test_strong_augmentation_controls_are_supervised_and_by_name_only():
+    from benchmarks._common import EXTRA, STRONG_ABLATIONS, all_methods, method_overrides
+    from benchmarks.label_efficiency import known_methods, supervised_only
+
+    assert STRONG_ABLATIONS and not set(STRONG_ABLATIONS) & set(all_methods())  # not in any default plan
+    for name in STRONG_ABLATIONS:
+        assert name in known_methods() and name in EXTRA and supervised_only(name)  # never the "best semi"
+        assert "method.name=supervised" in method_overrides(name) and "augment.strong=true" in method_overrides(name)
+    assert supervised_only("supervised_strong") and not supervised_only("fixmatch")
+    assert not supervised_only("supervised_mim")  # pretrained on the pool: semi-supervised
 
 
 def test_label_efficiency_refuses_jobs_below_one(capsys):
