@@ -144,6 +144,13 @@ def quiet_lightning() -> None:
         warnings.filterwarnings("ignore", message=msg)
 
 
+def supervised_only(method: str) -> bool:
+    """A supervised baseline or control (``SUPERVISED``, ``STRONG_ABLATIONS``): learns nothing from the
+    unlabelled pool. Every other benchmark method name (``supervised_fda`` and the pool-pretrained variants
+    included) learns from unlabelled B-scans."""
+    return method in SUPERVISED or method in STRONG_ABLATIONS
+
+
 def all_methods() -> list:
     """Every registered method, each variant of ``EXTRA`` right after its method (not the by-name-only
     ``STRONG_ABLATIONS``)."""

@@ -67,7 +67,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 from benchmarks._common import (SUPERVISED, all_methods, ci_text, encoder_variants, fmt,  # noqa: E402
                                 mean_sd, mean_teacher_target, method_overrides, paired, print_table,
-                                quiet_lightning, rank_key, run_training, save_split, spread, write_results)
+                                quiet_lightning, rank_key, run_training, save_split, spread, supervised_only,
+                                write_results)
 from benchmarks.label_efficiency import MODEL  # noqa: E402
 
 RECIPE = "duke"
@@ -107,7 +108,7 @@ def unlabelled_use(name: str, unlabelled_encoders, bare_pretrained: bool = False
     (``bare_pretrained``: a bare method name's encoder, from the overrides, was pretrained on them)."""
     method, encoder = split_variant(name)
     pre = bare_pretrained if encoder is None else encoder in unlabelled_encoders
-    train = method not in SUPERVISED  # supervised_fda uses the pool too
+    train = not supervised_only(method)  # supervised_fda uses the pool too
     return {(False, False): "-", (True, False): "pretraining", (False, True): "training",
             (True, True): "both"}[(pre, train)]
 

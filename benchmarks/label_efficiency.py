@@ -52,9 +52,10 @@ method (chosen on validation) >= best supervised + 0.05 with the 95 % interval a
 Time on 2 CPU cores (AMD EPYC without bf16, so float32): the supervised step takes about 0.41 s
 alone at 96x96 (measured in ``octseg demo``); the semi-supervised methods cost 2.2-4.4 times that
 (``SEC_PER_STEP``, scaled from side-by-side 40-step runs of the ResNet18 recipe). The s/step column of
-a run on a busy machine is that run's wall time per step, not the method's cost. The default plan (3 regimes x 3 seeds x 21
-methods and variants + 3 reference runs = 192 runs of 300 steps) is estimated at about 19 h (``estimate_seconds``,
-printed at the start), over the 3-hour budget; ``--regimes 1v`` (66 runs) at about 6.4 h. On a 2-core CPU with native
+a run on a busy machine is that run's wall time per step, not the method's cost. The default plan (3 regimes
+x 3 seeds x 21 methods and variants + 3 reference runs = 192 runs of 300 steps) is estimated at about 19 h
+(``estimate_seconds``, printed at the start), over the 3-hour budget; ``--regimes 1v`` (66 runs) at about 6.4 h.
+On a 2-core CPU with native
 bf16 (``precision: auto``), two runs of one thread each take 0.19 s per supervised step, 0.35 FixMatch, 0.57 UniMatch:
 5 seeds of 14 methods and variants at 1v (70 runs) trained in about an hour. Three
 processes of one thread each, one per seed, share 2 cores better than one of two threads; runs
@@ -87,7 +88,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 from benchmarks._common import (STRONG_ABLATIONS, SUPERVISED, all_methods, base_method, ci_text,  # noqa: E402
                                 fmt, mean_sd, mean_teacher_target, paired, print_table, quiet_lightning, rank_key,
-                                run_training, save_split, spread, train_parallel, write_results)
+                                run_training, save_split, spread, supervised_only, train_parallel, write_results)
 from benchmarks._pool_pretrain import POOL_PRETRAINED, overrides_of, pool_encoder  # noqa: E402
 
 RECIPE = "demo_cpu"
@@ -123,11 +124,6 @@ RUN_S, EPOCH_S = 8.0, 4.0
 def estimate_seconds(plan, epochs: int, steps: int) -> float:
     return sum(SEC_PER_STEP.get(base_method(POOL_PRETRAINED.get(m, (m,))[0]), max(SEC_PER_STEP.values())) * epochs
                * steps + RUN_S + EPOCH_S * epochs for _, _, m in plan)
-
-
-def supervised_only(method: str) -> bool:
-    """A supervised baseline or control: learns nothing from the unlabelled pool."""
-    return method in SUPERVISED or method in STRONG_ABLATIONS
 
 
 def known_methods() -> list:

@@ -125,8 +125,8 @@ def test_machine_info_records_an_instruction_set_cap(monkeypatch):
 
 
 def test_strong_augmentation_controls_are_supervised_and_by_name_only():
-    from benchmarks._common import EXTRA, STRONG_ABLATIONS, all_methods, method_overrides
-    from benchmarks.label_efficiency import known_methods, supervised_only
+    from benchmarks._common import EXTRA, STRONG_ABLATIONS, all_methods, method_overrides, supervised_only
+    from benchmarks.label_efficiency import known_methods
 
     assert STRONG_ABLATIONS and not set(STRONG_ABLATIONS) & set(all_methods())  # not in any default plan
     for name in STRONG_ABLATIONS:
