@@ -2,7 +2,8 @@
 reused when made with the same settings), and the two-stage semi-supervised benchmark variants: a
 method fine-tuned from an encoder pretrained on the B-scans of every training volume without their
 labels (the labelled volumes' images too; never a validation or test volume), once per workdir and
-shared by every seed. The objective is the name's suffix (``supervised_mim``: masked-image modelling)."""
+shared by every seed. The name says the objective (``supervised_mim``: masked-image modelling; ``unimatch_mim_t0.8``:
+the variant ``unimatch_t0.8`` from that encoder)."""
 
 from __future__ import annotations
 
@@ -15,7 +16,8 @@ import numpy as np
 from benchmarks._common import method_overrides
 
 POOL_PRETRAINED = {"supervised_mim": ("supervised", "mim"), "fixmatch_mim": ("fixmatch", "mim"),
-                   "unimatch_mim": ("unimatch", "mim"), "supervised_denoise": ("supervised", "denoise")}
+                   "unimatch_mim": ("unimatch", "mim"), "supervised_denoise": ("supervised", "denoise"),
+                   "unimatch_mim_t0.8": ("unimatch_t0.8", "mim")}
 POOL_PRETRAIN = {"steps": 1000, "batch": 8}
 QUICK_PRETRAIN = {"steps": 2, "batch": 2}
 

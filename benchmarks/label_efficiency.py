@@ -27,7 +27,8 @@ semi-supervised ones (``_pool_pretrain.POOL_PRETRAINED``, by name only): ``super
 without labels (written once to ``WORKDIR/pretrain-pool``, the encoder to ``WORKDIR/encoders``; never
 a validation or test volume), one encoder for every seed. The supervised controls of
 ``_common.STRONG_ABLATIONS`` (by name only; never a baseline, never "semi-supervised") train supervised
-with the strong augmentation less one of its parts, or at half strength.
+with the strong augmentation less one of its parts, or at half strength. The knobs of ``_common.SSL_TUNING`` (by name
+only) train FixMatch and UniMatch with threshold 0.8 or 0.6, or 12 unlabelled B-scans per step.
 
 Recipe: ``configs/demo_cpu.yaml`` (U-Net ResNet18 from scratch, decoder 256-128-64-32-16, dice+CE,
 AdamW 1e-3 cosine, batch 4 labelled + 4 unlabelled (``PINNED``), EMA 0.99, consistency weight 1) at
@@ -86,7 +87,7 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-from benchmarks._common import (STRONG_ABLATIONS, SUPERVISED, all_methods, base_method, ci_text,  # noqa: E402
+from benchmarks._common import (BY_NAME_ONLY, SUPERVISED, all_methods, base_method, ci_text,  # noqa: E402
                                 fmt, mean_sd, mean_teacher_target, paired, print_table, quiet_lightning, rank_key,
                                 run_training, save_split, spread, supervised_only, train_parallel, write_results)
 from benchmarks._pool_pretrain import POOL_PRETRAINED, overrides_of, pool_encoder  # noqa: E402
@@ -128,8 +129,8 @@ def estimate_seconds(plan, epochs: int, steps: int) -> float:
 
 def known_methods() -> list:
     """Every registered method and ``EXTRA`` variant (``all_methods``), then the by-name-only ones: the
-    pool-pretrained variants and the supervised controls of ``STRONG_ABLATIONS``."""
-    return all_methods() + list(POOL_PRETRAINED) + list(STRONG_ABLATIONS)
+    pool-pretrained variants, the supervised controls of ``STRONG_ABLATIONS`` and the knobs of ``SSL_TUNING``."""
+    return all_methods() + list(POOL_PRETRAINED) + list(BY_NAME_ONLY)
 
 
 # ----------------------------------------------------------------------------- data and splits
@@ -290,7 +291,7 @@ def plot(path: Path, summary: dict, regimes, methods, n_lab: dict, reference: di
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(9.0, 4.6))
+    fig, (ax, axd) = plt.subplots(1, 2, figsize=(15.0, 4.8), gridspec_kw={"width_ratios": [1, 1]})
     xs = np.arange(len(regimes), dtype=float)
     cmap = plt.get_cmap("tab20" if len(methods) > 10 else "tab10")  # a colour per method
     markers = "osD^vP*X<>"
@@ -305,6 +306,16 @@ def plot(path: Path, summary: dict, regimes, methods, n_lab: dict, reference: di
                if r["method"] == method and r["regime"] in regimes]
         if len(pts) > len(regimes):  # each seed, where there are several
             ax.scatter(*zip(*pts), color=cmap(k % cmap.N), alpha=0.3, s=10, marker=markers[k % len(markers)])
+        for i, r in enumerate(regimes):  # right: paired difference to the regime's best supervised baseline
+            p = summary[r][method].get("vs_best_supervised") or {}
+            if p.get("mean") is None:
+                continue
+            ci = p.get("ci95")
+            yerr = None if ci is None else [[p["mean"] - ci[0]], [ci[1] - p["mean"]]]
+            axd.errorbar([xs[i] + off], [p["mean"]], yerr=yerr, color=cmap(k % cmap.N), marker=markers[k % len(markers)],
+                         capsize=3, lw=1.4, ls="none")
+            axd.scatter([xs[i] + off] * len(p["diffs"]), p["diffs"], color=cmap(k % cmap.N), alpha=0.3, s=10,
+                        marker=markers[k % len(markers)])
     ref = reference.get("test", {}).get("mean_foreground", {})
     if ref.get("mean") is not None:
         ax.axhline(ref["mean"], color="k", lw=1, ls=":", label=f"supervised, all {n_lab[REFERENCE]} vol labelled")
@@ -315,6 +326,13 @@ def plot(path: Path, summary: dict, regimes, methods, n_lab: dict, reference: di
            title=f"Label efficiency on synthetic OCT (mean ± sd over seeds){title_note}")
     ax.set_ylim(0, 1)
     ax.grid(alpha=0.3)
+    axd.axhline(0, color="k", lw=1)
+    axd.axhline(TARGET_GAIN, color="tab:green", lw=1, ls="--", label=f"target +{TARGET_GAIN}")
+    axd.set_xticks(xs, [f"{r}\n({n_lab[r]} vol)" for r in regimes])
+    axd.set(xlabel="labelled training volumes", ylabel="paired difference to the best supervised baseline",
+            title="Gain per method: mean, 95 % interval, each seed")
+    axd.grid(alpha=0.3)
+    axd.legend(fontsize=7, loc="lower right")
     ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)

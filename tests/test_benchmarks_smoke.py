@@ -136,6 +136,26 @@ def test_strong_augmentation_controls_are_supervised_and_by_name_only():
     assert not supervised_only("supervised_mim")  # pretrained on the pool: semi-supervised
 
 
+def test_ssl_tuning_variants_are_semi_supervised_and_by_name_only(tmp_path):
+    from benchmarks._common import EXTRA, SSL_TUNING, all_methods, base_method, method_overrides, supervised_only
+    from benchmarks.label_efficiency import known_methods
+    from octseg.config import load_config
+
+    assert SSL_TUNING and not set(SSL_TUNING) & set(all_methods())
+    for name in SSL_TUNING:
+        assert name in known_methods() and name in EXTRA and not supervised_only(name)
+        cfg = load_config("demo_cpu", ["data.path=x", *method_overrides(name)])  # every override is a real key
+        assert cfg.method.name == base_method(name) in ("fixmatch", "unimatch")
+    assert load_config("demo_cpu", ["data.path=x", *method_overrides("fixmatch_u12")]).data.unlabelled_batch == 12
+    assert load_config("demo_cpu", ["data.path=x", *method_overrides("unimatch_t0.8")]).method.unimatch.threshold == 0.8
+    from benchmarks._pool_pretrain import overrides_of  # a tuned variant from the pool-pretrained encoder
+
+    enc = tmp_path / "enc.pth"
+    enc.touch()
+    cfg = load_config("demo_cpu", ["data.path=x", *overrides_of("unimatch_mim_t0.8", {"mim": enc})])
+    assert (cfg.method.name, cfg.method.unimatch.threshold, cfg.model.encoder_weights) == ("unimatch", 0.8, str(enc))
+
+
 def test_label_efficiency_refuses_jobs_below_one(capsys):
     from benchmarks.label_efficiency import main
 
