@@ -106,7 +106,8 @@ STRONG_ABLATIONS = {
 #: confident) and three times as many unlabelled B-scans per step (12 beside 4 labelled; FixMatch's
 #: published ratio is 7): the unlabelled pool is what the method is there to use, 4 per step see each
 #: unlabelled B-scan about 4 times in 300 steps. Measured (1v, 5 seeds; README): FixMatch +0.041 at 0.8 and
-#: +0.047 [-0.025, +0.119] at 0.6 (+0.032 at 0.95), UniMatch +0.035 / +0.022 (+0.024); 12 per step +0.021 / +0.024.
+#: +0.047 [-0.025, +0.119] at 0.6 (+0.032 at 0.95), UniMatch +0.035 / +0.022 (+0.024); 12 per step +0.021 / +0.024;
+#: with 3 fresh seeds added (8 in all) FixMatch at 0.6 +0.025 [-0.022, +0.072], at 0.95 +0.012 [-0.025, +0.049].
 SSL_TUNING = {
     "unimatch_t0.8": ("unimatch", ["method.unimatch.threshold=0.8"]),
     "fixmatch_t0.6": ("fixmatch", ["method.fixmatch.threshold=0.6"]),
