@@ -27,8 +27,9 @@ semi-supervised ones (``_pool_pretrain.POOL_PRETRAINED``, by name only): ``super
 without labels (written once to ``WORKDIR/pretrain-pool``, the encoder to ``WORKDIR/encoders``; never
 a validation or test volume), one encoder for every seed. The supervised controls of
 ``_common.STRONG_ABLATIONS`` (by name only; never a baseline, never "semi-supervised") train supervised
-with the strong augmentation less one of its parts, or at half strength. The knobs of ``_common.SSL_TUNING`` (by name
-only) train FixMatch and UniMatch with threshold 0.8 or 0.6, or 12 unlabelled B-scans per step.
+with the strong augmentation less one of its parts, or at half strength. The knobs of
+``_common.SSL_TUNING`` (by name only) train FixMatch and UniMatch with threshold 0.8 or 0.6, or 12
+unlabelled B-scans per step.
 
 Recipe: ``configs/demo_cpu.yaml`` (U-Net ResNet18 from scratch, decoder 256-128-64-32-16, dice+CE,
 AdamW 1e-3 cosine, batch 4 labelled + 4 unlabelled (``PINNED``), EMA 0.99, consistency weight 1) at
@@ -56,9 +57,9 @@ alone at 96x96 (measured in ``octseg demo``); the semi-supervised methods cost 2
 a run on a busy machine is that run's wall time per step, not the method's cost. The default plan (3 regimes
 x 3 seeds x 21 methods and variants + 3 reference runs = 192 runs of 300 steps) is estimated at about 19 h
 (``estimate_seconds``, printed at the start), over the 3-hour budget; ``--regimes 1v`` (66 runs) at about 6.4 h.
-On a 2-core CPU with native
-bf16 (``precision: auto``), two runs of one thread each take 0.19 s per supervised step, 0.35 FixMatch, 0.57 UniMatch:
-5 seeds of 14 methods and variants at 1v (70 runs) trained in about an hour. Three
+On a 2-core CPU with native bf16 (``precision: auto``), two runs of one thread each take 0.19 s per
+supervised step, 0.35 FixMatch, 0.57 UniMatch: 5 seeds of 14 methods and variants at 1v (70 runs)
+trained in about an hour. Three
 processes of one thread each, one per seed, share 2 cores better than one of two threads; runs
 of several processes on one workdir are safe once the first has prepared the data (start it
 first). ``--quick`` (1 seed, 1v and 2v, 4 methods, 9 runs of 2 x 3 steps on 24 volumes) takes about
@@ -291,8 +292,9 @@ def plot(path: Path, summary: dict, regimes, methods, n_lab: dict, reference: di
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (ax, axd) = plt.subplots(1, 2, figsize=(15.0, 4.8), gridspec_kw={"width_ratios": [1, 1]})
+    fig, (ax, axd) = plt.subplots(1, 2, figsize=(15.0, 4.8))
     xs = np.arange(len(regimes), dtype=float)
+    ticks = [f"{r}\n({n_lab[r]} vol)" for r in regimes]
     cmap = plt.get_cmap("tab20" if len(methods) > 10 else "tab10")  # a colour per method
     markers = "osD^vP*X<>"
     width = 0.6 / max(1, len(methods))
@@ -300,35 +302,34 @@ def plot(path: Path, summary: dict, regimes, methods, n_lab: dict, reference: di
         m = [summary[r][method]["test"]["mean_foreground"]["mean"] for r in regimes]
         s = [summary[r][method]["test"]["mean_foreground"]["sd"] or 0.0 for r in regimes]
         off = (k - (len(methods) - 1) / 2) * width
-        ax.errorbar(xs + off, m, yerr=s, color=cmap(k % cmap.N), marker=markers[k % len(markers)], capsize=3, lw=1.4,
-                    ls="--" if supervised_only(method) else "-", label=method)
+        style = {"color": cmap(k % cmap.N), "marker": markers[k % len(markers)]}
+        ax.errorbar(xs + off, m, yerr=s, **style, capsize=3, lw=1.4, ls="--" if supervised_only(method) else "-",
+                    label=method)
         pts = [(xs[regimes.index(r["regime"])] + off, r["scores"]["test"]["mean_foreground"]) for r in per_run
                if r["method"] == method and r["regime"] in regimes]
         if len(pts) > len(regimes):  # each seed, where there are several
-            ax.scatter(*zip(*pts), color=cmap(k % cmap.N), alpha=0.3, s=10, marker=markers[k % len(markers)])
+            ax.scatter(*zip(*pts), **style, alpha=0.3, s=10)
         for i, r in enumerate(regimes):  # right: paired difference to the regime's best supervised baseline
             p = summary[r][method].get("vs_best_supervised") or {}
             if p.get("mean") is None:
                 continue
             ci = p.get("ci95")
             yerr = None if ci is None else [[p["mean"] - ci[0]], [ci[1] - p["mean"]]]
-            axd.errorbar([xs[i] + off], [p["mean"]], yerr=yerr, color=cmap(k % cmap.N), marker=markers[k % len(markers)],
-                         capsize=3, lw=1.4, ls="none")
-            axd.scatter([xs[i] + off] * len(p["diffs"]), p["diffs"], color=cmap(k % cmap.N), alpha=0.3, s=10,
-                        marker=markers[k % len(markers)])
+            axd.errorbar([xs[i] + off], [p["mean"]], yerr=yerr, **style, capsize=3, lw=1.4, ls="none")
+            axd.scatter([xs[i] + off] * len(p["diffs"]), p["diffs"], **style, alpha=0.3, s=10)
     ref = reference.get("test", {}).get("mean_foreground", {})
     if ref.get("mean") is not None:
         ax.axhline(ref["mean"], color="k", lw=1, ls=":", label=f"supervised, all {n_lab[REFERENCE]} vol labelled")
         if ref.get("sd"):
             ax.axhspan(ref["mean"] - ref["sd"], ref["mean"] + ref["sd"], color="k", alpha=0.08)
-    ax.set_xticks(xs, [f"{r}\n({n_lab[r]} vol)" for r in regimes])
+    ax.set_xticks(xs, ticks)
     ax.set(xlabel="labelled training volumes", ylabel="test mean foreground Dice (pooled)",
            title=f"Label efficiency on synthetic OCT (mean ± sd over seeds){title_note}")
     ax.set_ylim(0, 1)
     ax.grid(alpha=0.3)
     axd.axhline(0, color="k", lw=1)
     axd.axhline(TARGET_GAIN, color="tab:green", lw=1, ls="--", label=f"target +{TARGET_GAIN}")
-    axd.set_xticks(xs, [f"{r}\n({n_lab[r]} vol)" for r in regimes])
+    axd.set_xticks(xs, ticks)
     axd.set(xlabel="labelled training volumes", ylabel="paired difference to the best supervised baseline",
             title="Gain per method: mean, 95 % interval, each seed")
     axd.grid(alpha=0.3)

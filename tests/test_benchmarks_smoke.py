@@ -138,6 +138,7 @@ def test_strong_augmentation_controls_are_supervised_and_by_name_only():
 
 def test_ssl_tuning_variants_are_semi_supervised_and_by_name_only(tmp_path):
     from benchmarks._common import EXTRA, SSL_TUNING, all_methods, base_method, method_overrides, supervised_only
+    from benchmarks._pool_pretrain import overrides_of
     from benchmarks.label_efficiency import known_methods
     from octseg.config import load_config
 
@@ -148,9 +149,7 @@ def test_ssl_tuning_variants_are_semi_supervised_and_by_name_only(tmp_path):
         assert cfg.method.name == base_method(name) in ("fixmatch", "unimatch")
     assert load_config("demo_cpu", ["data.path=x", *method_overrides("fixmatch_u12")]).data.unlabelled_batch == 12
     assert load_config("demo_cpu", ["data.path=x", *method_overrides("unimatch_t0.8")]).method.unimatch.threshold == 0.8
-    from benchmarks._pool_pretrain import overrides_of  # a tuned variant from the pool-pretrained encoder
-
-    enc = tmp_path / "enc.pth"
+    enc = tmp_path / "enc.pth"  # a tuned variant from the pool-pretrained encoder
     enc.touch()
     cfg = load_config("demo_cpu", ["data.path=x", *overrides_of("unimatch_mim_t0.8", {"mim": enc})])
     assert (cfg.method.name, cfg.method.unimatch.threshold, cfg.model.encoder_weights) == ("unimatch", 0.8, str(enc))
