@@ -155,6 +155,16 @@ def test_ssl_tuning_variants_are_semi_supervised_and_by_name_only(tmp_path):
     assert (cfg.method.name, cfg.method.unimatch.threshold, cfg.model.encoder_weights) == ("unimatch", 0.8, str(enc))
 
 
+def test_label_efficiency_refuses_an_unknown_method_naming_it(capsys):
+    """A misspelt variant (threshold 0.7 is not among the knobs) stops before any data is made, naming it."""
+    from benchmarks.label_efficiency import main
+
+    with pytest.raises(SystemExit) as exc:
+        main(["--methods", "fixmatch_t0.6", "fixmatch_t0.7"])
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and "--methods: unknown ['fixmatch_t0.7']" in err and "fixmatch_t0.6" in err
+
+
 def test_label_efficiency_refuses_jobs_below_one(capsys):
     from benchmarks.label_efficiency import main
 
