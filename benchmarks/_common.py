@@ -178,6 +178,11 @@ def all_methods() -> list:
     return out
 
 
+def named_methods() -> list:
+    """``all_methods`` and then the by-name-only variants (``BY_NAME_ONLY``): every name ``--methods`` accepts."""
+    return all_methods() + list(BY_NAME_ONLY)
+
+
 def base_method(name: str) -> str:
     """The registered method a benchmark method name trains (itself, or the method of an ``EXTRA`` variant)."""
     return EXTRA.get(name, (name, []))[0]

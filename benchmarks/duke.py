@@ -56,6 +56,7 @@ on the same encoder (column "vs same enc."), which isolates what training on the
 from __future__ import annotations
 
 import argparse
+import json
 import shutil
 import sys
 import time
@@ -65,7 +66,7 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-from benchmarks._common import (SUPERVISED, all_methods, ci_text, encoder_variants, fmt,  # noqa: E402
+from benchmarks._common import (SUPERVISED, all_methods, ci_text, encoder_variants, fmt, named_methods,  # noqa: E402
                                 mean_sd, mean_teacher_target, method_overrides, paired, print_table,
                                 quiet_lightning, rank_key, run_training, save_split, spread, supervised_only,
                                 write_results)
@@ -187,6 +188,30 @@ def score(ckpt: Path, subjects: dict) -> dict:
     return out
 
 
+def plot_results(png: Path, figures: dict) -> None:
+    """The figure of a result (``figures`` of its JSON): each method's held-back-subject fluid Dice per regime
+    (mean ± sd over rotations, each rotation faint), the all-training-subjects reference as a band, and each
+    method's paired difference to the best supervised baseline against the regime's target."""
+    from benchmarks._plots import gain_figure
+
+    s, summary = figures["settings"], figures["summary"]
+    regimes = [r for r in s["regimes"] if r in summary]
+    test = lambda r, m: summary[r][m]["test"]["fluid_dice"]  # noqa: E731
+    ref = (figures.get("reference_all_training_subjects") or {}).get("test") or {}
+    gain_figure(png, regimes, list(s["methods"]), score=lambda r, m: (test(r, m)["mean"], test(r, m)["sd"]),
+                pairs=lambda m: [(r["regime"], r["scores"]["test"]["fluid_dice"]) for r in figures["runs"]
+                                 if r["method"] == m],
+                gain=lambda r, m: summary[r][m].get("vs_best_supervised"),
+                target={r: TARGET_GAIN[r] for r in regimes if r in TARGET_GAIN},
+                ticks=[f"{r}\n({REGIMES[r]} labelled subject{'s' if REGIMES[r] > 1 else ''})" for r in regimes],
+                ylabel="test fluid Dice (pooled, native 496x768)", xlabel="regime",
+                title="Duke DME, held-back subject (mean ± sd over rotations)"
+                      + (" — quick smoke run" if s.get("quick") else ""),
+                diff_title="Gain per method: mean, 95 % interval, each rotation",
+                reference=(ref.get("mean"), ref.get("sd")), reference_label="supervised, all 3 training subjects",
+                dashed=lambda m: s["unlabelled_use"].get(m) == "-")
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -213,8 +238,22 @@ def main(argv=None) -> int:
                     help="columns (native pixels) either side of the reference fluid's extent for the band Dice")
     ap.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2)")
     ap.add_argument("--quick", action="store_true", help=f"smoke run: {QUICK}")
+    ap.add_argument("--plot", type=Path, default=None, help="figure (default: the JSON's name with .png)")
+    ap.add_argument("--replot", type=Path, default=None, metavar="JSON",
+                    help="only re-render the figure of a written result; trains and scores nothing")
     ap.add_argument("overrides", nargs="*", help="extra key=value config overrides for every run")
     args = ap.parse_args(argv)
+    if args.replot is not None:
+        png = args.plot or args.replot.with_suffix(".png")
+        try:
+            doc = json.loads(args.replot.read_text())
+            if doc.get("benchmark") != "duke":
+                raise ValueError("its 'benchmark' is not 'duke'")
+            plot_results(png, doc["figures"])
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            ap.error(f"--replot {args.replot}: not a duke result ({type(exc).__name__}: {exc})")
+        print(f"wrote {png}")
+        return 0
 
     train_dir = args.shared / "duke-dme-train"
     vol_dir = args.shared / "duke-subject01-unlabeled"
@@ -231,12 +270,12 @@ def main(argv=None) -> int:
     regimes = args.regimes or list(REGIMES)
     if any(r not in REGIMES for r in regimes):
         ap.error(f"--regimes {regimes}: choose among {list(REGIMES)}")
-    known = all_methods()
+    known = named_methods()
     try:
         encoders = {"scratch": None} | encoder_variants(args.encoder_weights)
     except ValueError as exc:
         ap.error(str(exc))
-    methods = list(dict.fromkeys(args.methods or (QUICK["methods"] if q else known)))
+    methods = list(dict.fromkeys(args.methods or (QUICK["methods"] if q else all_methods())))
     for m in methods:
         method, encoder = split_variant(m)
         if method not in known:
@@ -409,7 +448,7 @@ def main(argv=None) -> int:
     if q:
         print("(--quick: a smoke run; these figures mean nothing)")
 
-    path = write_results(out_json, "duke", {
+    figures = {
         "settings": {"recipe": RECIPE, "model": MODEL, "size": size, "epochs": epochs, "steps_per_epoch": steps,
                      "seed": args.seed, "rotations": {k: rotation(k) for k in rotations}, "regimes": regimes,
                      "methods": methods, "encoders": {n: str(p) if p else None for n, p in encoders.items()},
@@ -420,8 +459,11 @@ def main(argv=None) -> int:
                      "interval": "paired per-rotation differences, mean ± t(0.975, n-1) sd / sqrt(n)"},
         "best_supervised": baseline, "best_semi_supervised": best_semi, "summary": summary,
         "reference_all_training_subjects": reference, "targets": targets, "published": PUBLISHED,
-        "runs": per_run, "total_seconds": round(time.time() - t_all, 1)})
-    print(f"\nwrote {path} ({(time.time() - t_all) / 60:.1f} min)")
+        "runs": per_run, "total_seconds": round(time.time() - t_all, 1)}
+    png = args.plot or out_json.with_suffix(".png")
+    plot_results(png, figures)
+    path = write_results(out_json, "duke", figures)
+    print(f"\nwrote {path} and {png} ({(time.time() - t_all) / 60:.1f} min)")
     return 0
 
 

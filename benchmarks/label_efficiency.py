@@ -71,6 +71,10 @@ a time in their own processes: on one H200, ``--regimes 1v --epochs 20 --steps-p
 
     python benchmarks/label_efficiency.py               # the full comparison (see the estimate above)
     python benchmarks/label_efficiency.py --quick       # smoke run, writes *_quick.json/png
+    python benchmarks/label_efficiency.py --replot benchmarks/results/label_efficiency_1v_tuning.json --plot x.png
+
+The statistics, tables, targets and figure live in ``_label_efficiency_report.py``: they need only the per-run
+records, so ``--replot`` re-renders a written result's figure without training or scoring.
 """
 
 from __future__ import annotations
@@ -88,9 +92,11 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-from benchmarks._common import (BY_NAME_ONLY, SUPERVISED, all_methods, base_method, ci_text,  # noqa: E402
-                                fmt, mean_sd, mean_teacher_target, paired, print_table, quiet_lightning, rank_key,
-                                run_training, save_split, spread, supervised_only, train_parallel, write_results)
+from benchmarks._common import (SUPERVISED, all_methods, base_method, fmt, named_methods,  # noqa: E402
+                                quiet_lightning, run_training, save_split, train_parallel,
+                                write_results)
+from benchmarks._label_efficiency_report import (REFERENCE, aggregate, evaluate_targets, plot,  # noqa: E402
+                                                 print_tables, replot)
 from benchmarks._pool_pretrain import POOL_PRETRAINED, overrides_of, pool_encoder  # noqa: E402
 
 RECIPE = "demo_cpu"
@@ -106,12 +112,7 @@ SIZE = (96, 96)
 DATA_SEED = 0          # the generator's seed: the data never changes between runs
 HELDOUT_SEED = 12345   # draws the validation and test volumes, once
 N_VAL, N_TEST = 9, 15  # volumes (divisible by the 3 vendor styles)
-REFERENCE = "all"      # supervised with every training volume labelled, one run per seed
-TARGET_GAIN = 0.05     # best semi-supervised over best supervised at 1v and 2v
-TARGET_GAIN_REGIMES = ("1v", "2v")
-STRETCH_FRACTION = 0.9  # best method at 1v vs supervised with all volumes labelled
 EPOCHS, STEPS = 10, 30  # default run length (300 steps; see the estimate in the docstring)
-PLATEAU = 0.01         # rise of validation Dice over the last quarter below which supervised "has converged"
 QUICK = {"volumes": 24, "n_val": 3, "n_test": 6, "epochs": 2, "steps_per_epoch": 3,
          "regimes": ["1v", "2v"], "seeds": [0],
          "methods": ["supervised", "supervised_strong", "fixmatch", "mean_teacher"]}
@@ -121,17 +122,30 @@ QUICK = {"volumes": 24, "n_val": 3, "n_test": 6, "epochs": 2, "steps_per_epoch":
 # per epoch (validation, checkpoints).
 SEC_PER_STEP = {"supervised": 0.41, "mean_teacher": 0.96, "fixmatch": 0.90, "unimatch": 1.51, "cps": 1.80, "bcp": 1.14}
 RUN_S, EPOCH_S = 8.0, 4.0
+# Variants that cost more per step than their method: 12 unlabelled B-scans per step instead of 4 (measured side by
+# side in results/label_efficiency_1v_tuning.json: FixMatch 0.564 vs 0.340 s, UniMatch 1.047 vs 0.573 s).
+STEP_COST_FACTOR = {"fixmatch_u12": 1.66, "unimatch_u12": 1.83}
 
 
 def estimate_seconds(plan, epochs: int, steps: int) -> float:
-    return sum(SEC_PER_STEP.get(base_method(POOL_PRETRAINED.get(m, (m,))[0]), max(SEC_PER_STEP.values())) * epochs
-               * steps + RUN_S + EPOCH_S * epochs for _, _, m in plan)
+    def per_step(m):
+        variant = POOL_PRETRAINED.get(m, (m,))[0]
+        return (SEC_PER_STEP.get(base_method(variant), max(SEC_PER_STEP.values()))
+                * STEP_COST_FACTOR.get(variant, 1.0))
+
+    return sum(per_step(m) * epochs * steps + RUN_S + EPOCH_S * epochs for _, _, m in plan)
+
+
+def shown_path(path: Path) -> str:
+    """``path`` relative to the checkout when it lies inside it (what a committed result should record), else as is."""
+    path = Path(path).absolute()
+    return str(path.relative_to(REPO)) if path.is_relative_to(REPO) else str(path)
 
 
 def known_methods() -> list:
-    """Every registered method and ``EXTRA`` variant (``all_methods``), then the by-name-only ones: the
-    pool-pretrained variants, the supervised controls of ``STRONG_ABLATIONS`` and the knobs of ``SSL_TUNING``."""
-    return all_methods() + list(POOL_PRETRAINED) + list(BY_NAME_ONLY)
+    """Every name ``--methods`` accepts (``named_methods``: the registered methods, the ``EXTRA`` variants, the
+    supervised controls of ``STRONG_ABLATIONS`` and the knobs of ``SSL_TUNING``), then the pool-pretrained variants."""
+    return named_methods() + list(POOL_PRETRAINED)
 
 
 # ----------------------------------------------------------------------------- data and splits
@@ -285,62 +299,6 @@ def last_quarter_slope(curve: list) -> dict:
             "steps": [int(x[0]), int(x[-1])]}
 
 
-def plot(path: Path, summary: dict, regimes, methods, n_lab: dict, reference: dict, title_note: str,
-         per_run: list = ()) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, (ax, axd) = plt.subplots(1, 2, figsize=(15.0, 4.8))
-    xs = np.arange(len(regimes), dtype=float)
-    ticks = [f"{r}\n({n_lab[r]} vol)" for r in regimes]
-    cmap = plt.get_cmap("tab20" if len(methods) > 10 else "tab10")  # a colour per method
-    markers = "osD^vP*X<>"
-    width = 0.6 / max(1, len(methods))
-    for k, method in enumerate(methods):
-        m = [summary[r][method]["test"]["mean_foreground"]["mean"] for r in regimes]
-        s = [summary[r][method]["test"]["mean_foreground"]["sd"] or 0.0 for r in regimes]
-        off = (k - (len(methods) - 1) / 2) * width
-        style = {"color": cmap(k % cmap.N), "marker": markers[k % len(markers)]}
-        ax.errorbar(xs + off, m, yerr=s, **style, capsize=3, lw=1.4, ls="--" if supervised_only(method) else "-",
-                    label=method)
-        pts = [(xs[regimes.index(r["regime"])] + off, r["scores"]["test"]["mean_foreground"]) for r in per_run
-               if r["method"] == method and r["regime"] in regimes]
-        if len(pts) > len(regimes):  # each seed, where there are several
-            ax.scatter(*zip(*pts), **style, alpha=0.3, s=10)
-        for i, r in enumerate(regimes):  # right: paired difference to the regime's best supervised baseline
-            p = summary[r][method].get("vs_best_supervised") or {}
-            if p.get("mean") is None:
-                continue
-            ci = p.get("ci95")
-            yerr = None if ci is None else [[p["mean"] - ci[0]], [ci[1] - p["mean"]]]
-            axd.errorbar([xs[i] + off], [p["mean"]], yerr=yerr, **style, capsize=3, lw=1.4, ls="none")
-            axd.scatter([xs[i] + off] * len(p["diffs"]), p["diffs"], **style, alpha=0.3, s=10)
-    ref = reference.get("test", {}).get("mean_foreground", {})
-    if ref.get("mean") is not None:
-        ax.axhline(ref["mean"], color="k", lw=1, ls=":", label=f"supervised, all {n_lab[REFERENCE]} vol labelled")
-        if ref.get("sd"):
-            ax.axhspan(ref["mean"] - ref["sd"], ref["mean"] + ref["sd"], color="k", alpha=0.08)
-    ax.set_xticks(xs, ticks)
-    ax.set(xlabel="labelled training volumes", ylabel="test mean foreground Dice (pooled)",
-           title=f"Label efficiency on synthetic OCT (mean ± sd over seeds){title_note}")
-    ax.set_ylim(0, 1)
-    ax.grid(alpha=0.3)
-    axd.axhline(0, color="k", lw=1)
-    axd.axhline(TARGET_GAIN, color="tab:green", lw=1, ls="--", label=f"target +{TARGET_GAIN}")
-    axd.set_xticks(xs, ticks)
-    axd.set(xlabel="labelled training volumes", ylabel="paired difference to the best supervised baseline",
-            title="Gain per method: mean, 95 % interval, each seed")
-    axd.grid(alpha=0.3)
-    axd.legend(fontsize=7, loc="lower right")
-    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-
-
 def run_config(ds, split: str, method: list, seed: int, epochs: int, steps: int, name: str, extra: list):
     """The recipe of one run: the same for every method but for ``method`` (its overrides)."""
     from octseg.config import load_config
@@ -378,10 +336,21 @@ def main(argv=None) -> int:
                     help="training runs at a time, each in its own process (default 1): on a GPU, where one small "
                          "run leaves the card mostly idle, or on a CPU with cores to spare (give each --threads)")
     ap.add_argument("--quick", action="store_true", help=f"smoke run: {QUICK}")
+    ap.add_argument("--replot", type=Path, default=None, metavar="JSON",
+                    help="only re-render the figure of a written result to --plot (default: the JSON's name "
+                         "with .png); trains and scores nothing")
     ap.add_argument("overrides", nargs="*", help="extra key=value config overrides for every run")
     args = ap.parse_args(argv)
     if args.jobs < 1:
         ap.error(f"--jobs {args.jobs}: give 1 or more runs at a time")
+    if args.replot is not None:
+        png = args.plot or args.replot.with_suffix(".png")
+        try:
+            replot(args.replot, png)
+        except ValueError as exc:
+            ap.error(f"--replot {exc}")
+        print(f"wrote {png}")
+        return 0
 
     import torch
 
@@ -402,7 +371,6 @@ def main(argv=None) -> int:
     if bad:
         ap.error(f"--methods: unknown {bad}; choose from {known}")
     methods = list(dict.fromkeys([*SUPERVISED, *methods]))
-    semi = [m for m in methods if not supervised_only(m)]
     suffix = "_quick" if q else ""
     out_json = args.out or REPO / "benchmarks" / "results" / f"label_efficiency{suffix}.json"
     out_png = args.plot or REPO / "benchmarks" / "results" / f"label_efficiency{suffix}.png"
@@ -466,120 +434,22 @@ def main(argv=None) -> int:
               f"{scores['test']['mean_foreground']:.3f} | elapsed {done / 60:.1f} min, "
               f"~{done / i * (len(plan) - i) / 60:.1f} min left")
 
-    # ------------------------------------------------------------------ aggregate
+    # ------------------------------------------------------------------ statistics, tables, targets
     classes = list(ds.classes[1:])
-
-    def runs_of(regime, method):
-        return sorted((r for r in per_run if r["regime"] == regime and r["method"] == method), key=lambda r: r["seed"])
-
-    def summarise(runs):
-        return {"weights": sorted({r["scores"]["weights"] for r in runs}), "seeds": [r["seed"] for r in runs],
-                **{part: {"mean_foreground": spread([r["scores"][part]["mean_foreground"] for r in runs]),
-                          "mean_foreground_per_volume": spread([r["scores"][part]["mean_foreground_per_volume"]
-                                                                for r in runs]),
-                          "dice": {c: spread([r["scores"][part]["dice"][c] for r in runs]) for c in classes}}
-                   for part in ("val", "test")},
-                "sec_per_step": spread([r["sec_per_step"] for r in runs])}
-
-    summary, baseline, best_semi, convergence = {}, {}, {}, {}
-    for regime in regimes:
-        summary[regime] = {m: summarise(runs_of(regime, m)) for m in methods}
-        val_of = lambda m: rank_key(summary[regime][m]["val"]["mean_foreground"])  # noqa: E731
-        baseline[regime] = max(SUPERVISED, key=val_of)                 # chosen on validation, never on test
-        best_semi[regime] = max(semi, key=val_of) if semi else None
-        base_runs = {r["seed"]: r for r in runs_of(regime, baseline[regime])}
-        for m in methods:
-            summary[regime][m]["vs_best_supervised"] = paired(
-                [r["scores"]["test"]["mean_foreground"] - base_runs[r["seed"]]["scores"]["test"]["mean_foreground"]
-                 for r in runs_of(regime, m) if r["seed"] in base_runs])
-        convergence[regime] = {}
-        for m in SUPERVISED:
-            c = [r["val_convergence"] for r in runs_of(regime, m)]
-            convergence[regime][m] = {
-                "per_seed": c,
-                "slope_per_100_steps": spread([x["slope_per_100_steps"] for x in c]),
-                "rise": spread([x["rise"] for x in c])}
-    reference = summarise(runs_of(REFERENCE, "supervised")) if not args.no_reference else {}
-    if reference:
-        reference["val_convergence"] = [r["val_convergence"] for r in runs_of(REFERENCE, "supervised")]
-
-    # ------------------------------------------------------------------ tables
+    agg = aggregate(per_run, regimes, methods, classes, with_reference=not args.no_reference)
     n_test_b = sum(1 for x in ds.slices if x.volume in set(test_vols))
     print(f"\nTest set: {len(test_vols)} synthetic volumes ({n_test_b} B-scans), the same for every run; "
           f"{epochs} x {steps} steps per run; seeds {seeds}. Dice of hard masks pooled over the test B-scans of the "
           f"checkpoint's default network, mean ± sd over seeds; 'vs best sup' = paired difference to the better "
           f"supervised baseline of the regime (chosen on validation, marked *) with its 95 % t-interval:")
-    rows = []
-    for regime in regimes:
-        for m in methods:
-            s = summary[regime][m]
-            p = s["vs_best_supervised"]
-            rows.append([regime, n_lab[regime], m + (" *" if m == baseline[regime] else ""), s["weights"][0],
-                         mean_sd(s["val"]["mean_foreground"]), mean_sd(s["test"]["mean_foreground"]),
-                         *(mean_sd(s["test"]["dice"][c]) for c in classes),
-                         "" if m == baseline[regime] else fmt(p["mean"], sign=True),
-                         "" if m == baseline[regime] else ci_text(p), fmt(s["sec_per_step"]["mean"])])
-    if reference:
-        rows.append([REFERENCE, n_lab[REFERENCE], "supervised", reference["weights"][0],
-                     mean_sd(reference["val"]["mean_foreground"]), mean_sd(reference["test"]["mean_foreground"]),
-                     *(mean_sd(reference["test"]["dice"][c]) for c in classes), "", "",
-                     fmt(reference["sec_per_step"]["mean"])])
-    print_table(["regime", "vols", "method", "weights", "val mean fg", "test mean fg", *classes,
-                 "vs best sup", "95% CI", "s/step"], rows)
-
-    print("\nHas supervised converged? Slope of its validation mean foreground Dice over the last quarter of the "
-          f"validation points (per 100 steps; rise over that stretch; 'flat' if the rise < {PLATEAU}). The recipe's "
-          f"cosine schedule ends at learning rate 0, so a flat end shows the schedule has run out, not that longer "
-          f"training would not help: the all-labelled reference is the better gauge of how far training got:")
-    crow = []
-    for regime in regimes + ([REFERENCE] if reference else []):
-        for m in (SUPERVISED if regime != REFERENCE else ("supervised",)):
-            cs = ([r["val_convergence"] for r in runs_of(regime, m)])
-            sl = spread([x["slope_per_100_steps"] for x in cs])
-            rise = spread([x["rise"] for x in cs])
-            verdict = "n/a" if rise["mean"] is None else ("flat" if rise["mean"] < PLATEAU else "still rising")
-            crow.append([regime, m, fmt(sl["mean"], 4, sign=True), fmt(rise["mean"], 3, sign=True),
-                         cs[0]["points"] if cs else 0, verdict])
-    print_table(["regime", "method", "slope/100 steps", "rise", "points", "verdict"], crow)
-
-    # ------------------------------------------------------------------ targets
-    targets = {}
+    print_tables(agg, per_run, regimes, methods, classes, n_lab)
     print()
-    for regime in TARGET_GAIN_REGIMES:
-        key = f"semi_gain_at_{regime}"
-        if regime not in regimes or not best_semi.get(regime):
-            targets[key] = {"met": None, "note": "regime or semi-supervised methods not run"}
-            print(f"Target: best semi-supervised >= best supervised + {TARGET_GAIN} at {regime}: not run")
-            continue
-        b = best_semi[regime]
-        p = summary[regime][b]["vs_best_supervised"]
-        met = bool(p["mean"] is not None and p["mean"] >= TARGET_GAIN and p["ci95"] is not None and p["ci95"][0] > 0)
-        targets[key] = {"target": f"gain >= {TARGET_GAIN}, 95 % CI above 0", "best_semi": b,
-                        "baseline": baseline[regime], "gain": p["mean"], "ci95": p["ci95"], "met": met,
-                        "all_methods": {m: {"gain": summary[regime][m]["vs_best_supervised"]["mean"],
-                                            "ci95": summary[regime][m]["vs_best_supervised"]["ci95"]} for m in semi}}
-        print(f"Target: best semi-supervised ({b}, chosen on validation) >= best supervised ({baseline[regime]}) + "
-              f"{TARGET_GAIN} at {regime}, 95 % CI > 0 -> {'met' if met else 'NOT met'} "
-              f"(gain {fmt(p['mean'], sign=True)}, CI {ci_text(p)})")
-    if "mean_teacher" in methods:
-        targets["mean_teacher_above_supervised"] = mean_teacher_target(summary, regimes)
-    if reference and "1v" in regimes:
-        best1 = max(methods, key=lambda m: rank_key(summary["1v"][m]["val"]["mean_foreground"]))
-        got = summary["1v"][best1]["test"]["mean_foreground"]["mean"]
-        ref = reference["test"]["mean_foreground"]["mean"]
-        met = bool(got >= STRETCH_FRACTION * ref)
-        targets["stretch_1v_vs_all_labelled"] = {"best_method": best1, "dice": got, "all_labelled": ref,
-                                                 "ratio": got / ref if ref else None, "met": met}
-        print(f"Stretch: best method at 1v ({best1}, chosen on validation) >= {STRETCH_FRACTION:.0%} of supervised "
-              f"with all {n_lab[REFERENCE]} volumes labelled -> {'met' if met else 'NOT met'} "
-              f"({got:.3f} vs {ref:.3f}: {got / ref:.0%})")
-    else:
-        targets["stretch_1v_vs_all_labelled"] = {"met": None, "note": "1v or the reference run not run"}
-        print("Stretch: best method at 1v vs supervised with all volumes labelled: not run (needs 1v and the reference)")
+    targets = evaluate_targets(agg, regimes, methods, n_lab)
     if q:
         print("(--quick: a smoke run of a few steps on a small dataset; these figures mean nothing)")
 
-    plot(out_png, summary, regimes, methods, n_lab, reference, " — quick smoke run" if q else "", per_run)
+    plot(out_png, agg["summary"], regimes, methods, n_lab, agg["reference_all_labelled"],
+         " — quick smoke run" if q else "", per_run)
     figures = {
         "settings": {
             "recipe": RECIPE, "synthetic": dict(SYNTH, volumes=volumes), "data_seed": DATA_SEED,
@@ -594,9 +464,7 @@ def main(argv=None) -> int:
             "interval": "paired per-seed differences, mean ± t(0.975, n-1) sd / sqrt(n)",
         },
         "volumes": {"train": train_vols, "val": val_vols, "test": test_vols},
-        "best_supervised": baseline, "best_semi_supervised": best_semi,
-        "summary": summary, "reference_all_labelled": reference, "convergence": convergence,
-        "targets": targets, "runs": per_run, "plot": str(out_png),
+        **agg, "targets": targets, "runs": per_run, "plot": shown_path(out_png),
         "total_seconds": round(time.time() - t_all, 1),
     }
     path = write_results(out_json, "label_efficiency", figures)

@@ -165,6 +165,48 @@ def test_label_efficiency_refuses_an_unknown_method_naming_it(capsys):
     assert exc.value.code == 2 and "--methods: unknown ['fixmatch_t0.7']" in err and "fixmatch_t0.6" in err
 
 
+@pytest.mark.parametrize("name", ["label_efficiency_1v_fresh_seeds", "label_efficiency_2v_tuning"])
+def test_label_efficiency_statistics_reproduce_a_committed_result(name, capsys):
+    """The statistics work on the per-run records alone: from a committed result's runs they give back its
+    summary, baselines, paired differences, convergence and targets exactly."""
+    from benchmarks._label_efficiency_report import aggregate, evaluate_targets
+
+    fig = json.loads((ROOT / "benchmarks" / "results" / f"{name}.json").read_text())["figures"]
+    s = fig["settings"]
+    classes = list(fig["runs"][0]["scores"]["test"]["dice"])
+    agg = aggregate(fig["runs"], s["regimes"], s["methods"], classes,
+                    with_reference=bool(fig["reference_all_labelled"]))
+    for key, value in agg.items():
+        assert json.dumps(value, sort_keys=True) == json.dumps(fig[key], sort_keys=True), key
+    targets = evaluate_targets(agg, s["regimes"], s["methods"], s["labelled_volumes"])
+    assert json.dumps(targets, sort_keys=True) == json.dumps(fig["targets"], sort_keys=True)
+    assert "NOT met" in capsys.readouterr().out
+
+
+def test_label_efficiency_replots_a_written_result_and_names_a_bad_one(tmp_path, capsys):
+    from benchmarks.label_efficiency import main
+
+    png = tmp_path / "fig.png"
+    result = ROOT / "benchmarks" / "results" / "label_efficiency_1v_fresh_seeds.json"
+    assert main(["--replot", str(result), "--plot", str(png)]) == 0
+    assert png.stat().st_size > 10_000
+    bad = tmp_path / "other.json"
+    bad.write_text('{"benchmark": "duke", "figures": {}}')
+    with pytest.raises(SystemExit) as exc:
+        main(["--replot", str(bad)])
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and f"{bad}: not a label_efficiency result" in err
+    assert not bad.with_suffix(".png").exists()
+
+
+def test_label_efficiency_prices_a_larger_unlabelled_batch():
+    from benchmarks.label_efficiency import estimate_seconds
+
+    one = lambda m: estimate_seconds([(0, "1v", m)], 10, 30)  # noqa: E731
+    assert one("fixmatch_t0.6") == one("fixmatch") < one("fixmatch_u12") < one("unimatch_u12")
+    assert one("unimatch_mim_t0.8") == one("unimatch") < one("unimatch_u12")
+
+
 def test_label_efficiency_refuses_jobs_below_one(capsys):
     from benchmarks.label_efficiency import main
 
@@ -256,6 +298,21 @@ def test_duke_refuses_a_variant_of_an_unnamed_encoder(tmp_path, capsys):
     with pytest.raises(SystemExit) as exc:
         main(["--shared", str(tmp_path), "--methods", "nosuch@scratch"])
     assert exc.value.code == 2 and "--methods nosuch@scratch: choose among" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exc:  # the by-name-only knobs are among the choices, a misspelt one is not
+        main(["--shared", str(tmp_path), "--methods", "fixmatch_t0.7@scratch"])
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and "--methods fixmatch_t0.7@scratch: choose among" in err and "'fixmatch_t0.6'" in err
+
+
+def test_duke_replots_a_written_result_and_refuses_another_benchmark(tmp_path, capsys):
+    from benchmarks.duke import main
+
+    png = tmp_path / "duke.png"
+    assert main(["--replot", str(ROOT / "benchmarks" / "results" / "duke_1s_encoders.json"), "--plot", str(png)]) == 0
+    assert png.stat().st_size > 10_000
+    with pytest.raises(SystemExit) as exc:
+        main(["--replot", str(ROOT / "benchmarks" / "results" / "label_efficiency_2v.json"), "--plot", str(png)])
+    assert exc.value.code == 2 and "not a duke result" in capsys.readouterr().err
 
 
 def test_duke_cv_chooses_the_encoder_per_subject_on_its_inner_cv_only():

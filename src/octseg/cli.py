@@ -463,10 +463,13 @@ def main(argv=None) -> int:
 
     warnings.formatwarning = _format_warning
     # Lightning's start-up chatter (accelerator lines, tips) and third-party deprecation notices
-    # are noise for a command-line user; octseg prints what matters.
+    # are noise for a command-line user; octseg prints what matters (device and precision included).
+    # Importing Lightning sets its package loggers back to INFO, so the loggers its messages come
+    # from (the rank-zero helpers, children of those) are the ones quietened; they keep warnings.
     import logging
 
-    for name in ("lightning.pytorch", "lightning.fabric", "pytorch_lightning"):
+    for name in ("lightning.pytorch", "lightning.fabric", "pytorch_lightning", "lightning.pytorch.utilities.rank_zero",
+                 "lightning.fabric.utilities.rank_zero", "pytorch_lightning.utilities.rank_zero"):
         logging.getLogger(name).setLevel(logging.WARNING)
     warnings.filterwarnings("ignore", category=DeprecationWarning)
     warnings.filterwarnings("ignore", message=r".*(LeafSpec|does not have many workers|smaller than the logging "

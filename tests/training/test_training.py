@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 import time
 import warnings
 
@@ -364,6 +365,25 @@ def test_train_cli_reports_config_errors(tmp_path, capsys):
     assert "config file not found" in capsys.readouterr().err
     assert main(["train", "demo_cpu", f"data.path={tmp_path / 'missing'}", "--out", str(tmp_path / "r")]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_train_cli_console_is_octseg_lines_only(tiny_prepared, tmp_path):
+    """Lightning's start-up chatter (accelerator lines, a cloud-logging tip) stays off the console of
+    ``octseg train``, in a fresh process where Lightning is imported after the CLI set its loggers; octseg's own
+    line names the device and the precision instead."""
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-m", "octseg", "train", "demo_cpu",
+                           *tiny_train_overrides(tiny_prepared, **{"trainer.max_epochs": 1,
+                                                                   "trainer.steps_per_epoch": 1}),
+                           "--out", str(tmp_path / "run")],
+                          capture_output=True, text=True, timeout=300)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out[-3000:]
+    assert "GPU available" not in out and "Tip:" not in out and "Automatic Mixed Precision" not in out
+    assert re.search(r"training mean_teacher .*; cpu, precision 32-true\n", out), out[-3000:]
+    assert "best checkpoint:" in out
 
 
 def test_deterministic_trainer_keeps_deterministic_algorithms_without_nan_filling(tmp_path):

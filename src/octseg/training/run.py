@@ -274,7 +274,8 @@ def _train(cfg: Config, run_dir: Path, resume: bool, extra_callbacks) -> TrainRe
         if rank0:
             print(f"training {cfg.method.name} ({cfg.model.arch}-{cfg.model.encoder}) on {n_lab} labelled + "
               f"{n_unl} unlabelled B-scans, validating on {len(data.parts['val'])}; {steps} steps/epoch, "
-              f"input {input_size[0]}x{input_size[1]}, classes {list(data.classes)}"
+              f"input {input_size[0]}x{input_size[1]}, classes {list(data.classes)}; "
+              f"{trainer.strategy.root_device.type}, precision {trainer.precision}"
               + (f"; 2.5D input: each B-scan with {cfg.model.context_slices} neighbour(s) on each side"
                  if cfg.model.context_slices else "")
               + (f"; {trainer.world_size} processes, each its own B-scans" if trainer.world_size > 1 else ""))
