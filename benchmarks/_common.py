@@ -274,8 +274,9 @@ def run_training(cfg, run_dir: Path) -> tuple[Path, Path, dict]:
     from octseg.training.run import train
 
     last = run_dir / "checkpoints" / "last.ckpt"
+    metrics = run_dir / "metrics.json"
     info = {"reused": False, "resumed": False}
-    if last.is_file():
+    if last.is_file() or metrics.is_file():
         saved = None
         if (run_dir / "config.yaml").is_file():  # read through the schema: keys added since get their defaults
             saved = json.loads(json.dumps(config_to_dict(load_config(run_dir / "config.yaml"))))
@@ -287,18 +288,30 @@ def run_training(cfg, run_dir: Path) -> tuple[Path, Path, dict]:
                     if isinstance(vals, dict) for k, v in vals.items() if (saved or {}).get(sec, {}).get(k) != v]
             raise SystemExit(f"{run_dir} holds a run with other settings ({'; '.join(diff) or 'config differs'}): "
                              f"delete it or choose another --workdir")
-        if (run_dir / "metrics.json").is_file():
+        m = json.loads(metrics.read_text()) if metrics.is_file() else None
+        if m is not None and Path(m["best_checkpoint"]).is_file():  # finished (its last.ckpt may be pruned)
             print(f"  reusing the finished run in {run_dir}")
             info["reused"] = True
-            m = json.loads((run_dir / "metrics.json").read_text())
             info.update({k: v for k, v in m.items() if k != "val"})
             return Path(m["best_checkpoint"]), last, info
-        info["resumed"] = True
+        if m is not None:  # finished, but best.ckpt is gone: train it again (the seed makes it the same run)
+            print(f"  {run_dir}: finished before, its best.ckpt is gone; training it again")
+        else:
+            info["resumed"] = True
     t0 = time.time()
     res = train(cfg, out_dir=run_dir, resume=info["resumed"])
     info.update({k: v for k, v in res.metrics.items() if k != "val"})
     info["wall_seconds"] = round(time.time() - t0, 1)
     return res.best, res.last, info
+
+
+def prune_last(run_dir: Path, keep_last: bool) -> None:
+    """Delete a scored run's ``last.ckpt`` unless ``keep_last``: it only serves to resume an unfinished run, and
+    with its optimiser state it is as large as ``best.ckpt`` (172 MB for the ResNet18 U-Net), so a benchmark of
+    100 runs keeps 17 GB less. ``best.ckpt``, which scoring and reuse read, stays."""
+    last = Path(run_dir) / "checkpoints" / "last.ckpt"
+    if not keep_last and (Path(run_dir) / "metrics.json").is_file():
+        last.unlink(missing_ok=True)
 
 
 def _train_in_child(cfg, run_dir: Path, threads: int) -> dict:

@@ -64,7 +64,9 @@ processes of one thread each, one per seed, share 2 cores better than one of two
 of several processes on one workdir are safe once the first has prepared the data (start it
 first). ``--quick`` (1 seed, 1v and 2v, 4 methods, 9 runs of 2 x 3 steps on 24 volumes) takes about
 3 min. Finished run folders are reused and interrupted ones resumed, so a stopped benchmark
-continues where it was, and a final run over everything only scores. ``--jobs N`` trains N runs at
+continues where it was, and a final run over everything only scores; a scored run's ``last.ckpt`` is deleted
+(``--keep-last`` keeps it: it only resumes an unfinished run, and with its optimiser state it is as large as
+``best.ckpt``), and a finished run whose ``best.ckpt`` is gone trains again to the same weights. ``--jobs N`` trains N runs at
 a time in their own processes: on one H200, ``--regimes 1v --epochs 20 --steps-per-epoch 50 --jobs 15
 --threads 1`` trained 15 runs of 1000 steps (5 methods x 3 seeds, bf16) in 4 minutes
 (``results/label_efficiency_gpu_1000steps.json``); on 2 CPU cores, ``--jobs 2 --threads 1``.
@@ -93,7 +95,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 from benchmarks._common import (SUPERVISED, all_methods, base_method, fmt, named_methods,  # noqa: E402
-                                quiet_lightning, run_training, save_split, train_parallel,
+                                prune_last, quiet_lightning, run_training, save_split, train_parallel,
                                 write_results)
 from benchmarks._label_efficiency_report import (REFERENCE, aggregate, evaluate_targets, plot,  # noqa: E402
                                                  print_tables, replot)
@@ -336,6 +338,9 @@ def main(argv=None) -> int:
                     help="training runs at a time, each in its own process (default 1): on a GPU, where one small "
                          "run leaves the card mostly idle, or on a CPU with cores to spare (give each --threads)")
     ap.add_argument("--quick", action="store_true", help=f"smoke run: {QUICK}")
+    ap.add_argument("--keep-last", action="store_true",
+                    help="keep each scored run's last.ckpt (by default deleted once the run is scored: it only "
+                         "resumes an unfinished run, and it is as large as best.ckpt)")
     ap.add_argument("--replot", type=Path, default=None, metavar="JSON",
                     help="only re-render the figure of a written result to --plot (default: the JSON's name "
                          "with .png); trains and scores nothing")
@@ -420,6 +425,7 @@ def main(argv=None) -> int:
             print(f"  WARNING: stopped by the {args.minutes} min cap after {info.get('global_step')} of "
                   f"{epochs * steps} steps")
         scores = score(ckpt, ds, split)
+        prune_last(run_dir, args.keep_last)
         m = json.loads((run_dir / "metrics.json").read_text())
         sps = m["train_seconds"] / m["global_step"] if m.get("global_step") else None
         wall = time.time() - t0

@@ -215,6 +215,35 @@ def test_label_efficiency_refuses_jobs_below_one(capsys):
     assert exc.value.code == 2 and "--jobs 0: give 1 or more" in capsys.readouterr().err
 
 
+def test_a_pruned_run_is_reused_and_a_run_without_best_ckpt_trained_again(tiny_prepared, tmp_path, one_thread):
+    """Benchmarks delete a scored run's last.ckpt; the run stays finished and reusable from best.ckpt. A finished
+    run whose best.ckpt is gone trains again, to the same weights."""
+    import torch
+    from conftest import tiny_train_overrides
+
+    from benchmarks._common import prune_last, run_training
+    from octseg.config import load_config
+
+    cfg = load_config("demo_cpu", tiny_train_overrides(tiny_prepared, **{"trainer.max_epochs": 1,
+                                                                         "trainer.steps_per_epoch": 2}))
+    run = tmp_path / "run"
+    prune_last(run, keep_last=False)  # nothing there yet: nothing happens
+    best, last, info = run_training(cfg, run)
+    assert best.is_file() and last.is_file() and not info["reused"]
+    prune_last(run, keep_last=True)
+    assert last.is_file()
+    weights = torch.load(best, map_location="cpu", weights_only=True)["state_dict"]
+    prune_last(run, keep_last=False)
+    assert best.is_file() and not last.exists()
+    again, _, info = run_training(cfg, run)
+    assert info["reused"] and again == best
+    best.unlink()
+    again, _, info = run_training(cfg, run)
+    assert not info["reused"] and again.is_file()
+    retrained = torch.load(again, map_location="cpu", weights_only=True)["state_dict"]
+    assert all(torch.equal(weights[k], retrained[k]) for k in weights)
+
+
 def test_pool_pretrained_variant_pretrains_on_training_volumes_only(tiny_prepared, tmp_path, one_thread):
     """label_efficiency's ``*_mim`` variants: one encoder per workdir, pretrained on the training
     volumes' B-scans only, and the variant's runs start from it."""
