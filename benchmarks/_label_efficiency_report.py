@@ -4,7 +4,6 @@ work on the per-run records alone, so ``label_efficiency.py --replot`` can re-re
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from benchmarks._common import (SUPERVISED, ci_text, fmt, mean_sd, mean_teacher_target, paired, print_table,
@@ -158,12 +157,8 @@ def plot(path: Path, summary: dict, regimes, methods, n_lab: dict, reference: di
                 reference_label=f"supervised, all {n_lab[REFERENCE]} vol labelled")
 
 
-def replot(result_json: Path, png: Path) -> None:
-    """Re-render the figure of a written result (its JSON) to ``png``; nothing is trained or scored."""
-    try:
-        fig = json.loads(Path(result_json).read_text())["figures"]
-        s = fig["settings"]
-        args = (fig["summary"], s["regimes"], s["methods"], s["labelled_volumes"], fig["reference_all_labelled"])
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise ValueError(f"{result_json}: not a label_efficiency result ({type(exc).__name__}: {exc})") from None
-    plot(Path(png), *args, " — quick smoke run" if s.get("quick") else "", fig.get("runs", ()))
+def plot_results(png: Path, figures: dict) -> None:
+    """The figure of a written result (``figures`` of its JSON)."""
+    s = figures["settings"]
+    plot(Path(png), figures["summary"], s["regimes"], s["methods"], s["labelled_volumes"],
+         figures["reference_all_labelled"], " — quick smoke run" if s.get("quick") else "", figures.get("runs", ()))

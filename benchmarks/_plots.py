@@ -5,6 +5,7 @@ target gain."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Callable
 
@@ -73,3 +74,18 @@ def gain_figure(path: Path, regimes: list, methods: list, *, score: Callable, pa
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+def replot(ap, result_json: Path, png: Path | None, benchmark: str, render: Callable) -> int:
+    """``--replot``: ``render(png, figures)`` for a result ``benchmark`` wrote (default figure: the JSON's name with
+    .png), training and scoring nothing; anything else is refused through ``ap.error`` (exit 2) naming the file."""
+    png = png or Path(result_json).with_suffix(".png")
+    try:
+        doc = json.loads(Path(result_json).read_text())
+        if doc.get("benchmark") != benchmark:
+            raise ValueError(f"its 'benchmark' is {doc.get('benchmark')!r}")
+        render(png, doc["figures"])
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+        ap.error(f"--replot {result_json}: not a {benchmark} result ({type(exc).__name__}: {exc})")
+    print(f"wrote {png}")
+    return 0

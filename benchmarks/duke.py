@@ -56,7 +56,6 @@ on the same encoder (column "vs same enc."), which isolates what training on the
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
 import sys
 import time
@@ -70,6 +69,7 @@ from benchmarks._common import (SUPERVISED, all_methods, ci_text, encoder_varian
                                 mean_sd, mean_teacher_target, method_overrides, paired, print_table, prune_last,
                                 quiet_lightning, rank_key, run_training, save_split, spread, supervised_only,
                                 write_results)
+from benchmarks._plots import gain_figure, replot  # noqa: E402
 from benchmarks.label_efficiency import MODEL  # noqa: E402
 
 RECIPE = "duke"
@@ -192,8 +192,6 @@ def plot_results(png: Path, figures: dict) -> None:
     """The figure of a result (``figures`` of its JSON): each method's held-back-subject fluid Dice per regime
     (mean ± sd over rotations, each rotation faint), the all-training-subjects reference as a band, and each
     method's paired difference to the best supervised baseline against the regime's target."""
-    from benchmarks._plots import gain_figure
-
     s, summary = figures["settings"], figures["summary"]
     regimes = [r for r in s["regimes"] if r in summary]
     test = lambda r, m: summary[r][m]["test"]["fluid_dice"]  # noqa: E731
@@ -247,16 +245,7 @@ def main(argv=None) -> int:
     ap.add_argument("overrides", nargs="*", help="extra key=value config overrides for every run")
     args = ap.parse_args(argv)
     if args.replot is not None:
-        png = args.plot or args.replot.with_suffix(".png")
-        try:
-            doc = json.loads(args.replot.read_text())
-            if doc.get("benchmark") != "duke":
-                raise ValueError("its 'benchmark' is not 'duke'")
-            plot_results(png, doc["figures"])
-        except (OSError, ValueError, KeyError, TypeError) as exc:
-            ap.error(f"--replot {args.replot}: not a duke result ({type(exc).__name__}: {exc})")
-        print(f"wrote {png}")
-        return 0
+        return replot(ap, args.replot, args.plot, "duke", plot_results)
 
     train_dir = args.shared / "duke-dme-train"
     vol_dir = args.shared / "duke-subject01-unlabeled"

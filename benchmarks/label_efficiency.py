@@ -98,7 +98,8 @@ from benchmarks._common import (SUPERVISED, all_methods, base_method, fmt, named
                                 prune_last, quiet_lightning, run_training, save_split, train_parallel,
                                 write_results)
 from benchmarks._label_efficiency_report import (REFERENCE, aggregate, evaluate_targets, plot,  # noqa: E402
-                                                 print_tables, replot)
+                                                 plot_results, print_tables)
+from benchmarks._plots import replot  # noqa: E402
 from benchmarks._pool_pretrain import POOL_PRETRAINED, overrides_of, pool_encoder  # noqa: E402
 
 RECIPE = "demo_cpu"
@@ -349,13 +350,7 @@ def main(argv=None) -> int:
     if args.jobs < 1:
         ap.error(f"--jobs {args.jobs}: give 1 or more runs at a time")
     if args.replot is not None:
-        png = args.plot or args.replot.with_suffix(".png")
-        try:
-            replot(args.replot, png)
-        except ValueError as exc:
-            ap.error(f"--replot {exc}")
-        print(f"wrote {png}")
-        return 0
+        return replot(ap, args.replot, args.plot, "label_efficiency", plot_results)
 
     import torch
 
