@@ -4,7 +4,10 @@ its baseline for semantic segmentation.
 
 * Pseudo-labels: the student's own prediction on the weak view of each unlabelled B-scan (no
   gradient); a pixel counts only when its top class probability is at least ``threshold``
-  (0.95) and the weak view did not pull it in from outside the scan.
+  (0.95) and the weak view did not pull it in from outside the scan. The threshold's meaning depends
+  on the number of classes: with two (fluid vs background) every pixel's top probability is at least
+  0.5, so 0.6, the best of 0.95 / 0.8 / 0.6 on the 4-class synthetic benchmark, admits nearly every
+  pixel, and on Duke it collapsed 2 of 20 runs to no fluid (benchmarks/results/duke_*_threshold.json).
 * The student is trained to predict those labels on a **strong** view of the same B-scan:
   strong intensity augmentation (brightness, contrast, gamma, blur, speckle-like multiplicative
   noise, cutout) and, with ``cutmix`` (on by default), a box pasted from another unlabelled
