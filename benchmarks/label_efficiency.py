@@ -64,12 +64,13 @@ processes of one thread each, one per seed, share 2 cores better than one of two
 of several processes on one workdir are safe once the first has prepared the data (start it
 first). ``--quick`` (1 seed, 1v and 2v, 4 methods, 9 runs of 2 x 3 steps on 24 volumes) takes about
 3 min. Finished run folders are reused and interrupted ones resumed, so a stopped benchmark
-continues where it was, and a final run over everything only scores; a scored run's ``last.ckpt`` is deleted
-(``--keep-last`` keeps it: it only resumes an unfinished run, and with its optimiser state it is as large as
-``best.ckpt``), and a finished run whose ``best.ckpt`` is gone trains again to the same weights. ``--jobs N`` trains N runs at
-a time in their own processes: on one H200, ``--regimes 1v --epochs 20 --steps-per-epoch 50 --jobs 15
---threads 1`` trained 15 runs of 1000 steps (5 methods x 3 seeds, bf16) in 4 minutes
-(``results/label_efficiency_gpu_1000steps.json``); on 2 CPU cores, ``--jobs 2 --threads 1``.
+continues where it was, and a final run over everything only scores; a scored run's ``last.ckpt`` is
+deleted (``--keep-last`` keeps it: it only resumes an unfinished run, and with its optimiser state it
+is as large as ``best.ckpt``), and a finished run whose ``best.ckpt`` is gone trains again to the same
+weights. ``--jobs N`` trains N runs at a time in their own processes: on one H200, ``--regimes 1v
+--epochs 20 --steps-per-epoch 50 --jobs 15 --threads 1`` trained 15 runs of 1000 steps (5 methods x 3
+seeds, bf16) in 4 minutes (``results/label_efficiency_gpu_1000steps.json``); on 2 CPU cores, ``--jobs 2
+--threads 1``.
 
     python benchmarks/label_efficiency.py               # the full comparison (see the estimate above)
     python benchmarks/label_efficiency.py --quick       # smoke run, writes *_quick.json/png
