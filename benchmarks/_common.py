@@ -305,6 +305,13 @@ def run_training(cfg, run_dir: Path) -> tuple[Path, Path, dict]:
     return res.best, res.last, info
 
 
+def add_keep_last(ap) -> None:
+    """The ``--keep-last`` option of every benchmark that prunes with :func:`prune_last`."""
+    ap.add_argument("--keep-last", action="store_true",
+                    help="keep each scored run's last.ckpt (by default deleted once the run is scored: it only "
+                         "resumes an unfinished run, and it is as large as best.ckpt)")
+
+
 def prune_last(run_dir: Path, keep_last: bool) -> None:
     """Delete a scored run's ``last.ckpt`` unless ``keep_last``: it only serves to resume an unfinished run, and
     with its optimiser state it is as large as ``best.ckpt`` (172 MB for the ResNet18 U-Net), so a benchmark of

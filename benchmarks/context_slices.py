@@ -40,8 +40,8 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-from benchmarks._common import (ci_text, fmt, mean_sd, paired, print_table, quiet_lightning, run_training,  # noqa: E402
-                                save_split, spread, write_results)
+from benchmarks._common import (add_keep_last, ci_text, fmt, mean_sd, paired, print_table,  # noqa: E402
+                                prune_last, quiet_lightning, run_training, save_split, spread, write_results)
 
 RECIPE = "demo_cpu"
 MODEL: list = []  # the recipe's ResNet18 U-Net: the light one of label_efficiency.py underfits in 300 steps
@@ -120,6 +120,7 @@ def main(argv=None) -> int:
     ap.add_argument("--steps-per-epoch", type=int, default=None)
     ap.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2)")
     ap.add_argument("--quick", action="store_true", help=f"smoke run: {QUICK}")
+    add_keep_last(ap)
     args = ap.parse_args(argv)
 
     import torch
@@ -161,6 +162,7 @@ def main(argv=None) -> int:
         t0 = time.time()
         ckpt, _, info = run_training(cfg, run_dir)
         s = score(ckpt, ds, split)
+        prune_last(run_dir, args.keep_last)
         per_run.append({"seed": seed, "context_slices": k, "checkpoint": str(ckpt), "scores": s,
                         "wall_seconds": round(time.time() - t0, 1), "global_step": info.get("global_step")})
         print(f"  {time.time() - t0:.0f} s; test Dice " + ", ".join(f"{c} {fmt(v)}" for c, v in s["dice"].items())

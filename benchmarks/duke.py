@@ -65,10 +65,10 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-from benchmarks._common import (SUPERVISED, all_methods, ci_text, encoder_variants, fmt, named_methods,  # noqa: E402
-                                mean_sd, mean_teacher_target, method_overrides, paired, print_table, prune_last,
-                                quiet_lightning, rank_key, run_training, save_split, spread, supervised_only,
-                                write_results)
+from benchmarks._common import (SUPERVISED, add_keep_last, all_methods, ci_text, encoder_variants,  # noqa: E402
+                                fmt, mean_sd, mean_teacher_target, method_overrides, named_methods, paired,
+                                print_table, prune_last, quiet_lightning, rank_key, run_training, save_split,
+                                spread, supervised_only, write_results)
 from benchmarks._plots import gain_figure, replot  # noqa: E402
 from benchmarks.label_efficiency import MODEL  # noqa: E402
 
@@ -236,9 +236,7 @@ def main(argv=None) -> int:
                     help="columns (native pixels) either side of the reference fluid's extent for the band Dice")
     ap.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2)")
     ap.add_argument("--quick", action="store_true", help=f"smoke run: {QUICK}")
-    ap.add_argument("--keep-last", action="store_true",
-                    help="keep each scored run's last.ckpt (by default deleted once the run is scored: it only "
-                         "resumes an unfinished run, and it is as large as best.ckpt)")
+    add_keep_last(ap)
     ap.add_argument("--plot", type=Path, default=None, help="figure (default: the JSON's name with .png)")
     ap.add_argument("--replot", type=Path, default=None, metavar="JSON",
                     help="only re-render the figure of a written result; trains and scores nothing")

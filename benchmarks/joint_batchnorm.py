@@ -31,8 +31,8 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 from benchmarks import label_efficiency as le  # noqa: E402
-from benchmarks._common import (ci_text, fmt, mean_sd, paired, print_table, quiet_lightning,  # noqa: E402
-                                run_training, spread, write_results)
+from benchmarks._common import (add_keep_last, ci_text, fmt, mean_sd, paired, print_table,  # noqa: E402
+                                prune_last, quiet_lightning, run_training, spread, write_results)
 
 ARMS = {  # name -> overrides
     "supervised": ["method.name=supervised"],
@@ -105,6 +105,7 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--minutes", type=float, default=30.0, help="per-run wall-clock cap (a safety net)")
     ap.add_argument("--quick", action="store_true")
+    add_keep_last(ap)
     ap.add_argument("overrides", nargs="*", help="extra key=value overrides for every run")
     args = ap.parse_args(argv)
 
@@ -140,6 +141,7 @@ def main(argv=None) -> int:
             ckpt, _, info = run_training(cfg, run_dir)
             scores = le.score(ckpt, ds, split)
             recal = score_recalibrated(ckpt, ds, split)
+            prune_last(run_dir, args.keep_last)
             runs.append({"seed": seed, "arm": arm, "run_dir": str(run_dir), "train": info, "scores": scores,
                          "scores_bn_recalibrated": recal})
             print(f"  val {scores['val']['mean_foreground']:.3f}, test {scores['test']['mean_foreground']:.3f}; "

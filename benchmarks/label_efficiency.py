@@ -95,9 +95,9 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-from benchmarks._common import (SUPERVISED, all_methods, base_method, fmt, named_methods,  # noqa: E402
-                                prune_last, quiet_lightning, run_training, save_split, train_parallel,
-                                write_results)
+from benchmarks._common import (SUPERVISED, add_keep_last, all_methods, base_method, fmt,  # noqa: E402
+                                named_methods, prune_last, quiet_lightning, run_training, save_split,
+                                train_parallel, write_results)
 from benchmarks._label_efficiency_report import (REFERENCE, aggregate, evaluate_targets, plot,  # noqa: E402
                                                  plot_results, print_tables)
 from benchmarks._plots import replot  # noqa: E402
@@ -340,9 +340,7 @@ def main(argv=None) -> int:
                     help="training runs at a time, each in its own process (default 1): on a GPU, where one small "
                          "run leaves the card mostly idle, or on a CPU with cores to spare (give each --threads)")
     ap.add_argument("--quick", action="store_true", help=f"smoke run: {QUICK}")
-    ap.add_argument("--keep-last", action="store_true",
-                    help="keep each scored run's last.ckpt (by default deleted once the run is scored: it only "
-                         "resumes an unfinished run, and it is as large as best.ckpt)")
+    add_keep_last(ap)
     ap.add_argument("--replot", type=Path, default=None, metavar="JSON",
                     help="only re-render the figure of a written result to --plot (default: the JSON's name "
                          "with .png); trains and scores nothing")
