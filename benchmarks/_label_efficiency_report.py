@@ -141,24 +141,20 @@ def evaluate_targets(agg: dict, regimes, methods, n_lab: dict) -> dict:
     return targets
 
 
-def plot(path: Path, summary: dict, regimes, methods, n_lab: dict, reference: dict, title_note: str,
-         per_run: list = ()) -> None:
-    """Each method's test mean foreground Dice per regime, the all-labelled reference as a band, and each
-    method's paired difference to the best supervised baseline against the +TARGET_GAIN line."""
-    ref = reference.get("test", {}).get("mean_foreground", {})
+def plot_results(png: Path, figures: dict) -> None:
+    """The figure of a result (``figures``, as its JSON holds them; the benchmark's own run and ``--replot`` both
+    draw it from there): each method's test mean foreground Dice per regime, the all-labelled reference as a
+    band, and each method's paired difference to the best supervised baseline against the +TARGET_GAIN line."""
+    s, summary = figures["settings"], figures["summary"]
+    regimes, n_lab = list(s["regimes"]), s["labelled_volumes"]
+    ref = figures["reference_all_labelled"].get("test", {}).get("mean_foreground", {})
     fg = lambda r, m: summary[r][m]["test"]["mean_foreground"]  # noqa: E731
-    gain_figure(path, list(regimes), list(methods), score=lambda r, m: (fg(r, m)["mean"], fg(r, m)["sd"]),
-                pairs=lambda m: [(r["regime"], r["scores"]["test"]["mean_foreground"]) for r in per_run
+    gain_figure(Path(png), regimes, list(s["methods"]), score=lambda r, m: (fg(r, m)["mean"], fg(r, m)["sd"]),
+                pairs=lambda m: [(r["regime"], r["scores"]["test"]["mean_foreground"]) for r in figures.get("runs", ())
                                  if r["method"] == m],
                 gain=lambda r, m: summary[r][m].get("vs_best_supervised"), target=TARGET_GAIN,
                 ticks=[f"{r}\n({n_lab[r]} vol)" for r in regimes], ylabel="test mean foreground Dice (pooled)",
-                title=f"Label efficiency on synthetic OCT (mean ± sd over seeds){title_note}",
+                title="Label efficiency on synthetic OCT (mean ± sd over seeds)"
+                      + (" — quick smoke run" if s.get("quick") else ""),
                 reference=(ref.get("mean"), ref.get("sd")),
                 reference_label=f"supervised, all {n_lab[REFERENCE]} vol labelled")
-
-
-def plot_results(png: Path, figures: dict) -> None:
-    """The figure of a written result (``figures`` of its JSON)."""
-    s = figures["settings"]
-    plot(Path(png), figures["summary"], s["regimes"], s["methods"], s["labelled_volumes"],
-         figures["reference_all_labelled"], " — quick smoke run" if s.get("quick") else "", figures.get("runs", ()))

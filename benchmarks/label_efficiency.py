@@ -98,7 +98,7 @@ sys.path.insert(0, str(REPO))
 from benchmarks._common import (SUPERVISED, add_keep_last, all_methods, base_method, fmt,  # noqa: E402
                                 named_methods, prune_last, quiet_lightning, run_training, save_split,
                                 train_parallel, write_results)
-from benchmarks._label_efficiency_report import (REFERENCE, aggregate, evaluate_targets, plot,  # noqa: E402
+from benchmarks._label_efficiency_report import (REFERENCE, aggregate, evaluate_targets,  # noqa: E402
                                                  plot_results, print_tables)
 from benchmarks._plots import replot  # noqa: E402
 from benchmarks._pool_pretrain import POOL_PRETRAINED, overrides_of, pool_encoder  # noqa: E402
@@ -448,8 +448,6 @@ def main(argv=None) -> int:
     if q:
         print("(--quick: a smoke run of a few steps on a small dataset; these figures mean nothing)")
 
-    plot(out_png, agg["summary"], regimes, methods, n_lab, agg["reference_all_labelled"],
-         " — quick smoke run" if q else "", per_run)
     figures = {
         "settings": {
             "recipe": RECIPE, "synthetic": dict(SYNTH, volumes=volumes), "data_seed": DATA_SEED,
@@ -467,6 +465,7 @@ def main(argv=None) -> int:
         **agg, "targets": targets, "runs": per_run, "plot": shown_path(out_png),
         "total_seconds": round(time.time() - t_all, 1),
     }
+    plot_results(out_png, figures)
     path = write_results(out_json, "label_efficiency", figures)
     print(f"\nwrote {path} and {out_png} ({(time.time() - t_all) / 60:.1f} min)")
     return 0
