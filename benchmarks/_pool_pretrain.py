@@ -2,8 +2,9 @@
 reused when made with the same settings), and the two-stage semi-supervised benchmark variants: a
 method fine-tuned from an encoder pretrained on the B-scans of every training volume without their
 labels (the labelled volumes' images too; never a validation or test volume), once per workdir and
-shared by every seed. The name says the objective (``supervised_mim``: masked-image modelling; ``unimatch_mim_t0.8``:
-the variant ``unimatch_t0.8`` from that encoder)."""
+shared by every seed. The name says the encoder (``supervised_mim``: masked-image modelling, ``POOL_PRETRAIN`` steps;
+``supervised_mim3k``: the same objective for three times as many steps; ``unimatch_mim_t0.8``: the variant
+``unimatch_t0.8`` from the ``mim`` encoder)."""
 
 from __future__ import annotations
 
@@ -15,10 +16,15 @@ import numpy as np
 
 from benchmarks._common import method_overrides
 
+# variant -> (method or variant it fine-tunes, encoder key of POOL_ENCODERS)
 POOL_PRETRAINED = {"supervised_mim": ("supervised", "mim"), "fixmatch_mim": ("fixmatch", "mim"),
                    "unimatch_mim": ("unimatch", "mim"), "supervised_denoise": ("supervised", "denoise"),
-                   "unimatch_mim_t0.8": ("unimatch_t0.8", "mim")}
+                   "unimatch_mim_t0.8": ("unimatch_t0.8", "mim"), "supervised_mim3k": ("supervised", "mim3k"),
+                   "fixmatch_t0.6_mim3k": ("fixmatch_t0.6", "mim3k")}
 POOL_PRETRAIN = {"steps": 1000, "batch": 8}
+# encoder key -> (``octseg pretrain`` objective, its steps; the quick run takes QUICK_PRETRAIN's whatever the key)
+POOL_ENCODERS = {"mim": ("mim", POOL_PRETRAIN["steps"]), "denoise": ("denoise", POOL_PRETRAIN["steps"]),
+                 "mim3k": ("mim", 3 * POOL_PRETRAIN["steps"])}
 QUICK_PRETRAIN = {"steps": 2, "batch": 2}
 
 
@@ -62,9 +68,10 @@ def pretrain_encoder(objective: str, out: Path, kermany: Path, size, model: dict
     return res.meta
 
 
-def pool_encoder(workdir: Path, ds, train_vols: list, objective: str, size, net, quick: bool) -> Path:
-    """The encoder file of ``objective`` for ``net`` (the runs' ``ModelConfig``), pretrained at ``size`` on the
-    training volumes' B-scans of the prepared dataset ``ds`` (images only), made once per workdir."""
+def pool_encoder(workdir: Path, ds, train_vols: list, key: str, size, net, quick: bool) -> Path:
+    """The encoder file ``key`` (of ``POOL_ENCODERS``: objective and steps) for ``net`` (the runs' ``ModelConfig``),
+    pretrained at ``size`` on the training volumes' B-scans of the prepared dataset ``ds`` (images only), made once
+    per workdir."""
     from PIL import Image
 
     pool = workdir / "pretrain-pool"
@@ -76,10 +83,11 @@ def pool_encoder(workdir: Path, ds, train_vols: list, objective: str, size, net,
         for i in rows:
             Image.fromarray(np.asarray(ds.images[i])).save(pool / "images" / f"{ds.slices[i].id}.png")
         done.write_text(json.dumps({"volumes": sorted(train), "bscans": len(rows)}))
-    n = QUICK_PRETRAIN if quick else POOL_PRETRAIN
+    objective, steps = POOL_ENCODERS[key]
+    n = QUICK_PRETRAIN if quick else {**POOL_PRETRAIN, "steps": steps}
     model = {"encoder": net.encoder, "encoder_depth": net.encoder_depth,
              "decoder_channels": list(net.decoder_channels or (256, 128, 64, 32, 16))}  # (smp's default decoder)
-    out = workdir / "encoders" / f"pool-{objective}.pth"
+    out = workdir / "encoders" / f"pool-{key}.pth"
     pretrain_encoder(objective, out, pool / "images", size, model, n["steps"], n["batch"], 0, 1,
                      workdir / "pretrain-cache")
     return out
@@ -88,6 +96,6 @@ def pool_encoder(workdir: Path, ds, train_vols: list, objective: str, size, net,
 def overrides_of(method: str, encoders: dict) -> list:
     """``key=value`` overrides of a benchmark method: a registered method, a variant, or a pool-pretrained one."""
     if method in POOL_PRETRAINED:
-        base, objective = POOL_PRETRAINED[method]
-        return [*method_overrides(base), f"model.encoder_weights={encoders[objective]}"]
+        base, key = POOL_PRETRAINED[method]
+        return [*method_overrides(base), f"model.encoder_weights={encoders[key]}"]
     return method_overrides(method)

@@ -22,10 +22,10 @@ Methods (``--methods``, default every method of ``octseg.methods.METHODS`` plus
 BETTER of the two supervised baselines of its regime, chosen on the validation mean foreground
 Dice (mean over seeds), never on test. Besides the variants of ``_common.EXTRA``, two-stage
 semi-supervised ones (``_pool_pretrain.POOL_PRETRAINED``, by name only): ``supervised_mim``, ``supervised_denoise``,
-``fixmatch_mim`` and ``unimatch_mim`` fine-tune from an encoder pretrained with ``octseg pretrain``
-(masked-image modelling or denoising, ``POOL_PRETRAIN`` steps there) on the 48 training volumes' B-scans
-without labels (written once to ``WORKDIR/pretrain-pool``, the encoder to ``WORKDIR/encoders``; never
-a validation or test volume), one encoder for every seed. The supervised controls of
+``fixmatch_mim``, ``unimatch_mim`` and ``supervised_mim3k`` fine-tune from an encoder pretrained with ``octseg pretrain``
+(masked-image modelling or denoising, ``POOL_PRETRAIN`` steps there, three times as many for ``*_mim3k``) on the
+48 training volumes' B-scans without labels (written once to ``WORKDIR/pretrain-pool``, the encoders to
+``WORKDIR/encoders``; never a validation or test volume), one encoder for every seed. The supervised controls of
 ``_common.STRONG_ABLATIONS`` (by name only; never a baseline, never "semi-supervised") train supervised
 with the strong augmentation less one of its parts, or at half strength. The knobs of
 ``_common.SSL_TUNING`` (by name only) train FixMatch and UniMatch with threshold 0.8 or 0.6, or 12
@@ -393,8 +393,10 @@ def main(argv=None) -> int:
           f"{est / 3600:.1f} h on 2 shared CPU cores (less where run folders are reused)")
 
     net = load_config(RECIPE, list(MODEL)).model  # the network every run trains
-    encoders = {obj: pool_encoder(workdir, ds, train_vols, obj, SIZE, net, q)
-                for obj in sorted({POOL_PRETRAINED[m][1] for m in methods if m in POOL_PRETRAINED})}
+    torch.set_num_threads(args.threads * args.jobs)  # pretraining runs alone: every core the runs will get
+    encoders = {key: pool_encoder(workdir, ds, train_vols, key, SIZE, net, q)
+                for key in sorted({POOL_PRETRAINED[m][1] for m in methods if m in POOL_PRETRAINED})}
+    torch.set_num_threads(args.threads)
     runs = []  # (seed, regime, method, labelled volumes, split, run folder, config), in plan order
     for seed, regime, method in plan:
         order = labelled_order(train_vols, vendor_of, seed, complete)   # a function of the seed only

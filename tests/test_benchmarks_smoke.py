@@ -262,7 +262,20 @@ def test_pool_pretrained_variant_pretrains_on_training_volumes_only(tiny_prepare
     mtime = enc.stat().st_mtime_ns
     assert pool_encoder(tmp_path, ds, train, "mim", (32, 32), net, quick=True) == enc and enc.stat().st_mtime_ns == mtime  # reused
     assert overrides_of("supervised_mim", {"mim": enc}) == ["method.name=supervised", f"model.encoder_weights={enc}"]
+    longer = pool_encoder(tmp_path, ds, train, "mim3k", (32, 32), net, quick=True)  # its own file, same pool
+    assert longer.name == "pool-mim3k.pth" and enc.stat().st_mtime_ns == mtime
+    assert overrides_of("supervised_mim3k", {"mim": enc, "mim3k": longer})[-1] == f"model.encoder_weights={longer}"
     assert overrides_of("fixmatch_dice", {})[0] == "method.name=fixmatch"
+
+
+def test_every_pool_pretrained_variant_names_a_known_method_and_encoder():
+    from benchmarks._common import named_methods
+    from benchmarks._pool_pretrain import POOL_ENCODERS, POOL_PRETRAINED
+    from octseg.training.pretrain import OBJECTIVES
+
+    assert all(base in named_methods() and key in POOL_ENCODERS for base, key in POOL_PRETRAINED.values())
+    assert all(obj in OBJECTIVES and steps > 0 for obj, steps in POOL_ENCODERS.values())
+    assert POOL_ENCODERS["mim3k"] == ("mim", 3 * POOL_ENCODERS["mim"][1])
 
 
 def test_duke_cv_pretrained_variant_needs_an_encoder_file(tmp_path, capsys):
