@@ -38,7 +38,8 @@ class DataConfig:
     layout: str = "auto"
     volume_regex: Optional[str] = None
     #: data graded only in a band of columns (Duke DME): in training, columns farther than this many
-    #: pixels (of the prepared size) from a labelled volume's fluid extent are unlabelled; None = off
+    #: pixels (of the prepared size) from a labelled volume's fluid extent are unlabelled; None = off, and
+    #: best left off: on Duke the network then marks fluid outside the band (README, "Labels graded in a band")
     fluid_band_margin: Optional[int] = None
 
 
