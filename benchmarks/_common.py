@@ -192,6 +192,20 @@ def method_overrides(name: str) -> list:
     return [f"method.name={base_method(name)}", *EXTRA.get(name, (name, []))[1]]
 
 
+#: Methods that learn from a teacher trained before them (``method.self_training.teacher``) -> the benchmark method
+#: whose run with the same seed (rotation) and labelled B-scans is that teacher: self-training's teacher is the
+#: supervised model of the same labels, from the same initialisation as the student.
+TEACHER_OF = {"self_training": "supervised"}
+
+
+def teacher_override(teacher_run: Path) -> str:
+    """``method.self_training.teacher=`` the best checkpoint of the finished run in ``teacher_run``."""
+    metrics = teacher_run / "metrics.json"
+    if not metrics.is_file():
+        raise SystemExit(f"{teacher_run}: the teacher run has not finished (no metrics.json); it trains first")
+    return f"method.self_training.teacher={json.loads(metrics.read_text())['best_checkpoint']}"
+
+
 def spread(values) -> dict:
     v = np.array([np.nan if x is None else x for x in values], dtype=float)
     v = v[~np.isnan(v)]

@@ -20,7 +20,8 @@ from benchmarks._common import method_overrides
 POOL_PRETRAINED = {"supervised_mim": ("supervised", "mim"), "fixmatch_mim": ("fixmatch", "mim"),
                    "unimatch_mim": ("unimatch", "mim"), "supervised_denoise": ("supervised", "denoise"),
                    "unimatch_mim_t0.8": ("unimatch_t0.8", "mim"), "supervised_mim3k": ("supervised", "mim3k"),
-                   "fixmatch_t0.6_mim3k": ("fixmatch_t0.6", "mim3k")}
+                   "fixmatch_t0.6_mim3k": ("fixmatch_t0.6", "mim3k"),
+                   "fixmatch_t0.6_mim": ("fixmatch_t0.6", "mim"), "selftrain_mim": ("self_training", "mim")}
 POOL_PRETRAIN = {"steps": 1000, "batch": 8}
 # encoder key -> (``octseg pretrain`` objective, its steps; the quick run takes QUICK_PRETRAIN's whatever the key)
 POOL_ENCODERS = {"mim": ("mim", POOL_PRETRAIN["steps"]), "denoise": ("denoise", POOL_PRETRAIN["steps"]),

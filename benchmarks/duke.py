@@ -65,10 +65,10 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-from benchmarks._common import (SUPERVISED, add_keep_last, all_methods, ci_text, encoder_variants,  # noqa: E402
-                                fmt, mean_sd, mean_teacher_target, method_overrides, named_methods, paired,
-                                print_table, prune_last, quiet_lightning, rank_key, run_training, save_split,
-                                spread, supervised_only, write_results)
+from benchmarks._common import (SUPERVISED, TEACHER_OF, add_keep_last, all_methods, base_method,  # noqa: E402
+                                ci_text, encoder_variants, fmt, mean_sd, mean_teacher_target, method_overrides,
+                                named_methods, paired, print_table, prune_last, quiet_lightning, rank_key,
+                                run_training, save_split, spread, supervised_only, teacher_override, write_results)
 from benchmarks._plots import gain_figure, replot  # noqa: E402
 from benchmarks.label_efficiency import MODEL  # noqa: E402
 
@@ -93,6 +93,14 @@ def split_variant(name: str) -> tuple[str, str | None]:
     """``METHOD@ENCODER`` as (method, encoder name); a bare method name has encoder None."""
     method, sep, encoder = name.partition("@")
     return method, (encoder if sep else None)
+
+
+def teacher_of(name: str):
+    """The benchmark method whose run (same rotation and labels) teaches ``name``, or None: ``self_training@mim``
+    learns from ``supervised@mim``, a bare ``self_training`` from ``supervised``."""
+    method, encoder = split_variant(name)
+    teacher = TEACHER_OF.get(base_method(method))
+    return None if teacher is None else teacher if encoder is None else f"{teacher}@{encoder}"
 
 
 def pretrained_on_unlabelled(path: Path) -> bool:
@@ -266,6 +274,7 @@ def main(argv=None) -> int:
     except ValueError as exc:
         ap.error(str(exc))
     methods = list(dict.fromkeys(args.methods or (QUICK["methods"] if q else all_methods())))
+    methods = list(dict.fromkeys([*filter(None, map(teacher_of, methods)), *methods]))  # teachers train first
     for m in methods:
         method, encoder = split_variant(m)
         if method not in known:
@@ -339,6 +348,9 @@ def main(argv=None) -> int:
         run_dir = workdir / f"r{k}-{regime}" / method
         method_name, encoder = split_variant(method)
         weights = [] if encoder is None else [f"model.encoder_weights={encoders[encoder] or 'none'}"]
+        teacher = teacher_of(method)
+        if teacher:
+            weights.append(teacher_override(run_dir.parent / teacher))
         cfg = load_config(RECIPE, [f"data.path={ds.path}", f"data.size=[{size[0]},{size[1]}]", f"data.split={split}",
                                    *MODEL, *method_overrides(method_name), f"seed={args.seed}",
                                    f"data.extra_unlabelled=[{','.join(extra)}]",

@@ -95,9 +95,9 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-from benchmarks._common import (SUPERVISED, add_keep_last, all_methods, base_method, fmt,  # noqa: E402
+from benchmarks._common import (SUPERVISED, TEACHER_OF, add_keep_last, all_methods, base_method, fmt,  # noqa: E402
                                 named_methods, prune_last, quiet_lightning, run_training, save_split,
-                                train_parallel, write_results)
+                                teacher_override, train_parallel, write_results)
 from benchmarks._label_efficiency_report import (REFERENCE, aggregate, evaluate_targets,  # noqa: E402
                                                  plot_results, print_tables)
 from benchmarks._plots import replot  # noqa: E402
@@ -124,7 +124,8 @@ QUICK = {"volumes": 24, "n_val": 3, "n_test": 6, "epochs": 2, "steps_per_epoch":
 # the ResNet18 U-Net's supervised step (0.41 s, measured in octseg demo), the others scaled by the ratios of side-by-side 40-step runs of
 # the ResNet18 recipe; a variant (``EXTRA``) costs what its method costs. Per-run fixed cost (start-up, scoring) and cost
 # per epoch (validation, checkpoints).
-SEC_PER_STEP = {"supervised": 0.41, "mean_teacher": 0.96, "fixmatch": 0.90, "unimatch": 1.51, "cps": 1.80, "bcp": 1.14}
+SEC_PER_STEP = {"supervised": 0.41, "mean_teacher": 0.96, "fixmatch": 0.90, "unimatch": 1.51, "cps": 1.80, "bcp": 1.14,
+                "self_training": 1.0}  # (self-training: FixMatch's step + a second teacher forward; not timed on this CPU)
 RUN_S, EPOCH_S = 8.0, 4.0
 # Variants that cost more per step than their method: 12 unlabelled B-scans per step instead of 4 (measured side by
 # side in results/label_efficiency_1v_tuning.json: FixMatch 0.564 vs 0.340 s, UniMatch 1.047 vs 0.573 s).
@@ -138,6 +139,16 @@ def estimate_seconds(plan, epochs: int, steps: int) -> float:
                 * STEP_COST_FACTOR.get(variant, 1.0))
 
     return sum(per_step(m) * epochs * steps + RUN_S + EPOCH_S * epochs for _, _, m in plan)
+
+
+def teacher_of(method: str):
+    """The benchmark method whose run (same seed, same labelled volumes) is ``method``'s teacher, or None:
+    ``self_training`` learns from ``supervised``, ``selftrain_mim`` from ``supervised_mim`` (same encoder)."""
+    base, key = POOL_PRETRAINED.get(method, (method, None))
+    teacher = TEACHER_OF.get(base_method(base))
+    if teacher is None or key is None:
+        return teacher
+    return next(m for m, (b, k) in POOL_PRETRAINED.items() if b == teacher and k == key)
 
 
 def shown_path(path: Path) -> str:
@@ -369,7 +380,7 @@ def main(argv=None) -> int:
     bad = [m for m in methods if m not in known]
     if bad:
         ap.error(f"--methods: unknown {bad}; choose from {known}")
-    methods = list(dict.fromkeys([*SUPERVISED, *methods]))
+    methods = list(dict.fromkeys([*SUPERVISED, *filter(None, map(teacher_of, methods)), *methods]))  # teachers first
     suffix = "_quick" if q else ""
     out_json = args.out or REPO / "benchmarks" / "results" / f"label_efficiency{suffix}.json"
     out_png = args.plot or REPO / "benchmarks" / "results" / f"label_efficiency{suffix}.png"
@@ -397,25 +408,36 @@ def main(argv=None) -> int:
     encoders = {key: pool_encoder(workdir, ds, train_vols, key, SIZE, net, q)
                 for key in sorted({POOL_PRETRAINED[m][1] for m in methods if m in POOL_PRETRAINED})}
     torch.set_num_threads(args.threads)
-    runs = []  # (seed, regime, method, labelled volumes, split, run folder, config), in plan order
+    runs = []  # (seed, regime, method, labelled volumes, split, run folder), in plan order
     for seed, regime, method in plan:
         order = labelled_order(train_vols, vendor_of, seed, complete)   # a function of the seed only
         lab = order[:n_lab[regime]]
         split = write_split(ds, f"le-n{len(lab)}-s{seed}", lab, train_vols, val_vols, test_vols,
                             f"label efficiency: {len(lab)} of {len(train_vols)} training volumes labelled "
                             f"(seed {seed}); val/test fixed for every run")
-        run_dir = workdir / f"n{len(lab)}-s{seed}" / method
-        cfg = run_config(ds, split, overrides_of(method, encoders), seed, epochs, steps, f"le-n{len(lab)}-s{seed}-{method}",
-                         [f"trainer.max_minutes={args.minutes}", *args.overrides])
-        runs.append((seed, regime, method, lab, split, run_dir, cfg))
-    if args.jobs > 1:  # train in parallel; the loop below then reuses the finished runs and scores them
-        train_parallel([(cfg, run_dir) for *_, run_dir, cfg in runs], args.jobs, args.threads)
+        runs.append((seed, regime, method, lab, split, workdir / f"n{len(lab)}-s{seed}" / method))
+
+    def config_of(seed, method, lab, split, run_dir):
+        """A run's config, made when it is about to train: a student's names its teacher's finished checkpoint."""
+        teacher = teacher_of(method)
+        return run_config(ds, split, overrides_of(method, encoders), seed, epochs, steps,
+                          f"le-n{len(lab)}-s{seed}-{method}",
+                          [f"trainer.max_minutes={args.minutes}", *args.overrides,
+                           *([teacher_override(run_dir.parent / teacher)] if teacher else [])])
+
+    if args.jobs > 1:  # train in parallel (teachers before their students); the loop below then scores them
+        for students in (False, True):
+            stage = [r for r in runs if (teacher_of(r[2]) is not None) == students]
+            if stage:
+                train_parallel([(config_of(seed, m, lab, split, run_dir), run_dir)
+                                for seed, _, m, lab, split, run_dir in stage], args.jobs, args.threads)
 
     per_run = []
-    for i, (seed, regime, method, lab, split, run_dir, cfg) in enumerate(runs, 1):
+    for i, (seed, regime, method, lab, split, run_dir) in enumerate(runs, 1):
         print(f"\n[{i}/{len(plan)}] {regime} ({len(lab)} labelled volume{'s' if len(lab) > 1 else ''}), "
               f"seed {seed}, {method} -> {run_dir}")
         t0 = time.time()
+        cfg = config_of(seed, method, lab, split, run_dir)
         ckpt, _, info = run_training(cfg, run_dir)
         if info.get("global_step", epochs * steps) < epochs * steps:
             print(f"  WARNING: stopped by the {args.minutes} min cap after {info.get('global_step')} of "

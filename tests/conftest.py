@@ -37,23 +37,57 @@ TINY_MODEL = {"arch": "Unet", "encoder": "tu-resnet10t", "encoder_weights": "non
 
 
 def make_tiny_checkpoint(path, classes=("background", "IRF", "SRF", "PED"), input_size=(64, 64),
-                         method="mean_teacher", seed=0, normalization=None) -> Path:
-    """A small random-weight octseg checkpoint (teacher + student), without training."""
+                         method="mean_teacher", seed=0, normalization=None, context_slices=0) -> Path:
+    """A small random-weight octseg checkpoint (teacher + student), without training; ``context_slices``:
+    2.5D input of 2k+1 channels."""
     import torch
 
     from octseg.checkpoint import checkpoint_meta, save_inference_checkpoint
     from octseg.models import ModelConfig, build_model
 
+    model = {**TINY_MODEL, "context_slices": context_slices} if context_slices else TINY_MODEL
     torch.manual_seed(seed)
-    nets = {"teacher": build_model(ModelConfig(**TINY_MODEL), len(classes))}
+    nets = {"teacher": build_model(ModelConfig(**model), len(classes))}
     if method == "mean_teacher":
-        nets["student"] = build_model(ModelConfig(**TINY_MODEL), len(classes))
+        nets["student"] = build_model(ModelConfig(**model), len(classes))
     default = "teacher" if method == "mean_teacher" else "student"
     if method != "mean_teacher":
         nets = {"student": nets["teacher"]}
     norm = normalization or {"mean": 0.2, "std": 0.15}
-    meta = checkpoint_meta(TINY_MODEL, classes, input_size, norm, method, list(nets), default)
+    meta = checkpoint_meta(model, classes, input_size, norm, method, list(nets), default)
     return save_inference_checkpoint(path, nets, meta)
+
+
+_TEACHERS: dict = {}
+
+
+def tiny_teacher(context_slices: int = 0) -> Path:
+    """A tiny 4-class supervised checkpoint for ``method.self_training.teacher`` (random weights; written once
+    per test process to a temporary folder removed at exit)."""
+    import atexit
+    import shutil
+    import tempfile
+
+    if context_slices not in _TEACHERS:
+        folder = Path(tempfile.mkdtemp(prefix="octseg-teacher-"))
+        atexit.register(shutil.rmtree, folder, True)
+        _TEACHERS[context_slices] = make_tiny_checkpoint(folder / "teacher.ckpt", method="supervised", seed=11,
+                                                         context_slices=context_slices)
+    return _TEACHERS[context_slices]
+
+
+def method_test_config(name: str, context_slices: int = 0):
+    """``MethodConfig`` of method ``name`` for unit tests: every pixel confident (threshold 0, so the unlabelled
+    terms run at initialisation) and, for self-training, a tiny teacher."""
+    from octseg.methods import MethodConfig
+
+    cfg = MethodConfig(name=name)
+    section = getattr(cfg, name, None)
+    if hasattr(section, "threshold"):
+        section.threshold = 0.0
+    if hasattr(section, "teacher"):
+        section.teacher = str(tiny_teacher(context_slices))
+    return cfg
 
 
 @pytest.fixture
@@ -94,6 +128,8 @@ def tiny_train_overrides(path, **extra) -> list[str]:
         "model.decoder_channels": "[32,16,8]", "optim.name": "adamw", "optim.lr": 3e-3, "optim.scheduler": "none",
         "trainer.steps_per_epoch": 4, "trainer.max_epochs": 2, "trainer.progress": False, "trainer.precision": "32",
         "method.mean_teacher.consistency_rampup_epochs": 1, "trainer.log_every_n_steps": 1,
+        # the tiny teacher has random weights: its pseudo-labels are noise, kept small beside the labels
+        "method.self_training.teacher": str(tiny_teacher()), "method.self_training.weight": 0.1,
     }
     o.update(extra)
     return [f"{k}={v}" for k, v in o.items()]

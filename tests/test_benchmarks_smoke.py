@@ -386,3 +386,29 @@ def test_duke_cv_keeps_each_kind_of_run_apart():
     assert paths[(False, "best")][0].name == "duke_cv.json"  # the committed figures
     assert paths[(False, "last")][0].name == "duke_cv_select_last.json"
     assert len({p[0] for p in paths.values()}) == len({p[1] for p in paths.values()}) == 4
+
+
+def test_self_training_learns_from_the_teacher_run_of_its_own_labels(tiny_prepared, tmp_path, one_thread):
+    """Both benchmarks train a self-training student after its teacher (the supervised run of the same seed or
+    rotation, from the same encoder) and point it at that run's best checkpoint; an unfinished teacher is named."""
+    from conftest import tiny_train_overrides
+
+    from benchmarks import duke, label_efficiency
+    from benchmarks._common import run_training, teacher_override
+    from octseg.config import load_config
+
+    assert label_efficiency.teacher_of("self_training") == "supervised"
+    assert label_efficiency.teacher_of("selftrain_mim") == "supervised_mim"
+    assert label_efficiency.teacher_of("fixmatch_t0.6_mim") is None and label_efficiency.teacher_of("supervised") is None
+    assert duke.teacher_of("self_training@mim") == "supervised@mim" and duke.teacher_of("self_training") == "supervised"
+    assert duke.teacher_of("fixmatch@mim") is None
+    with pytest.raises(SystemExit, match="teacher run has not finished"):
+        teacher_override(tmp_path / "supervised")
+
+    base = tiny_train_overrides(tiny_prepared, **{"trainer.max_epochs": 1, "trainer.steps_per_epoch": 2})
+    teacher_best, _, _ = run_training(load_config("demo_cpu", base + ["method.name=supervised"]), tmp_path / "supervised")
+    override = teacher_override(tmp_path / "supervised")
+    assert override == f"method.self_training.teacher={teacher_best}"
+    cfg = load_config("demo_cpu", base + ["method.name=self_training", override])
+    best, _, info = run_training(cfg, tmp_path / "self_training")
+    assert best.is_file() and info["global_step"] == 2

@@ -119,7 +119,7 @@ def test_several_bad_values_in_one_line():
 
 def test_messages_say_what_is_allowed():
     assert "one of auto, cpu, gpu, cuda, mps, tpu" in _config_error(["trainer.accelerator=tpux"])
-    assert "fixmatchx" in _config_error(["method.name=fixmatchx"]) and "fixmatch, mean_teacher, supervised" in \
+    assert "fixmatchx" in _config_error(["method.name=fixmatchx"]) and "fixmatch, mean_teacher, self_training, supervised" in \
         _config_error(["method.name=fixmatchx"])
     assert "adam, adamw, sgd" in _config_error(["optim.name=lion"])
     assert "resnet50" in _config_error(["model.encoder=resnet5"])  # the nearest names

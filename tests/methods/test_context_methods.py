@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import TINY_MODEL
+from conftest import TINY_MODEL, method_test_config
 
 from octseg.data.augment import AugmentConfig, Augmenter
 from octseg.losses import LossConfig, SegmentationLoss
-from octseg.methods import METHODS, MethodConfig, StepContext, build_method
+from octseg.methods import METHODS, StepContext, build_method
 from octseg.methods.pseudo_labels import strong_view
 from octseg.models import ModelConfig, build_model
 
@@ -26,10 +26,7 @@ def _ctx(augmenter, valid_u=None) -> StepContext:
 def test_method_trains_on_2k_plus_1_channel_views(name):
     torch.manual_seed(0)
     net = build_model(ModelConfig(**{**TINY_MODEL, "context_slices": 1}), K)
-    cfg = MethodConfig(name=name)
-    if hasattr(getattr(cfg, name, None), "threshold"):
-        getattr(cfg, name).threshold = 0.0  # every pixel confident: the unlabelled terms run
-    m = build_method(cfg, net, SegmentationLoss(LossConfig(name="dice_ce"), K)).train()
+    m = build_method(method_test_config(name, context_slices=1), net, SegmentationLoss(LossConfig(name="dice_ce"), K)).train()
     g = torch.Generator().manual_seed(0)
     x_l, x_u = torch.rand(2, C, 32, 32, generator=g), torch.rand(2, C, 32, 32, generator=g)
     y_l = torch.randint(0, K, (2, 32, 32), generator=g)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import TINY_MODEL
+from conftest import TINY_MODEL, method_test_config
 
 from octseg.checkpoint import checkpoint_meta, load_networks, save_inference_checkpoint
 from octseg.constants import IGNORE_INDEX
@@ -23,11 +23,7 @@ K = 4
 def _method(name: str, seed: int = 0):
     torch.manual_seed(seed)
     net = build_model(ModelConfig(**TINY_MODEL), K)
-    cfg = MethodConfig(name=name)
-    section = getattr(cfg, name, None)
-    if hasattr(section, "threshold"):
-        section.threshold = 0.0  # every pixel confident: the unlabelled terms are exercised at init
-    return build_method(cfg, net, SegmentationLoss(LossConfig(name="dice_ce"), K))
+    return build_method(method_test_config(name), net, SegmentationLoss(LossConfig(name="dice_ce"), K))
 
 
 def _batch(seed: int = 0):

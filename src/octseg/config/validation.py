@@ -166,6 +166,12 @@ _RULES: list[tuple[str, Rule]] = [
     ("method.bcp.unlabelled_weight", NON_NEGATIVE),
     ("method.bcp.ema_decay", PROBABILITY),
     ("method.bcp.weight", NON_NEGATIVE),
+    ("method.self_training.teacher", text(empty=True)),  # a checkpoint file when method.name=self_training
+    ("method.self_training.threshold", PROBABILITY),
+    ("method.self_training.flip", FLAG),
+    ("method.self_training.weight", NON_NEGATIVE),
+    ("method.self_training.unsup_loss", one_of(*PSEUDO_LABEL_LOSSES)),
+    ("method.self_training.cutmix", FLAG),
     # optim: the names and schedulers SegmentationModule.configure_optimizers builds
     ("optim.name", one_of(*OPTIMIZERS)),
     ("optim.lr", number(0, lo_open=True)),
@@ -279,6 +285,11 @@ def _check_method(cfg: Config, bad: set) -> list[str]:
 
     if not isinstance(cfg.method.name, str) or cfg.method.name not in METHODS:
         return [_bad("method.name", cfg.method.name, "one of " + ", ".join(sorted(METHODS)))]
+    if cfg.method.name == "self_training" and "method.self_training.teacher" not in bad:
+        from octseg.methods.self_training import teacher_problem
+
+        problem = teacher_problem(cfg.method.self_training.teacher)
+        return [problem] if problem else []
     return []
 
 

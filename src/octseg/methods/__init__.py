@@ -16,11 +16,13 @@ from octseg.methods.bcp import BCP
 from octseg.methods.cps import CPS
 from octseg.methods.fixmatch import FixMatch
 from octseg.methods.mean_teacher import MeanTeacher
+from octseg.methods.self_training import SelfTraining
 from octseg.methods.supervised import Supervised
 from octseg.methods.unimatch import UniMatch
 
 METHODS: dict[str, type[Method]] = {"supervised": Supervised, "mean_teacher": MeanTeacher, "fixmatch": FixMatch,
-                                    "unimatch": UniMatch, "cps": CPS, "bcp": BCP}
+                                    "unimatch": UniMatch, "cps": CPS, "bcp": BCP,
+                                    "self_training": SelfTraining}
 
 MethodConfig = dataclasses.make_dataclass(
     "MethodConfig",

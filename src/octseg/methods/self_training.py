@@ -1,0 +1,125 @@
+"""Self-training from a frozen teacher: ST++ (Yang et al., "ST++: Make Self-training Work Better for
+Semi-supervised Semantic Segmentation", CVPR 2022) and Noisy Student (Xie et al., CVPR 2020) in one step.
+
+* Teacher: a model trained before this run (``teacher``: an octseg checkpoint, usually the supervised model
+  of the same labelled B-scans), frozen: eval mode, no gradient, its own intensity normalisation, never
+  saved with this run's checkpoints (the config names its file).
+* Pseudo-labels: the teacher's prediction on the weak view of each unlabelled B-scan, averaged with its
+  prediction on the horizontally flipped view (``flip``, on by default); a pixel counts when its top class
+  probability is at least ``threshold`` (0 by default: every pixel, as ST++) and the weak view did not pull
+  it in from outside the scan.
+* The student (the run's own initialisation, e.g. a pretrained encoder: not the teacher's weights) learns
+  them on a **strong** view (strong intensity augmentation and, with ``cutmix``, a box pasted from another
+  unlabelled B-scan with its pseudo-labels) — the noise that lets a student outgrow its teacher.
+* Loss = supervised + ``weight`` (1.0) x ``unsup_loss`` (cross-entropy over the valid unlabelled pixels).
+
+Why next to FixMatch: FixMatch labels the unlabelled B-scans with the network it trains, so early in a
+short run they are the guesses of an untrained decoder, and what it gets wrong it goes on learning
+(confirmation bias). A converged teacher, chosen on validation, gives the same, better labels from the
+first step; the price is a second training run (the teacher's).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from octseg.constants import IGNORE_INDEX
+from octseg.errors import ConfigError
+from octseg.methods.base import Method, StepContext
+from octseg.methods.pseudo_labels import check_unsup_loss, pseudo_label_loss, strong_view, valid_or_all
+
+
+@dataclass
+class SelfTrainingConfig:
+    """``method.self_training.*``: the teacher checkpoint, confidence threshold, flip averaging of the
+    teacher, unlabelled loss weight and kind, CutMix on/off."""
+
+    teacher: str = ""
+    threshold: float = 0.0
+    flip: bool = True
+    weight: float = 1.0
+    unsup_loss: str = "ce"
+    cutmix: bool = True
+
+
+def _out_channels(net: nn.Module) -> int:
+    """Classes a segmentation network predicts: the output channels of its last convolution."""
+    convs = [m for m in net.modules() if isinstance(m, nn.Conv2d)]
+    return convs[-1].out_channels if convs else -1
+
+
+def _in_channels(net: nn.Module) -> int:
+    convs = [m for m in net.modules() if isinstance(m, nn.Conv2d)]
+    return convs[0].in_channels if convs else -1
+
+
+TEACHER_KEY = "method.self_training.teacher"
+
+
+def teacher_problem(path: str) -> str | None:
+    """Why ``path`` cannot be the teacher checkpoint, or None (checked when the config is validated)."""
+    if not str(path).strip():
+        return (f"{TEACHER_KEY} is empty: give the checkpoint of a model trained on the labelled B-scans "
+                f"(e.g. runs/<supervised run>/checkpoints/best.ckpt)")
+    if not Path(path).is_file():
+        return f"{TEACHER_KEY}={path!r}: no such checkpoint file"
+    return None
+
+
+def load_teacher(path: str, student: nn.Module) -> tuple[nn.Module, dict]:
+    """The frozen teacher network of checkpoint ``path`` and its normalisation; a clear error when the
+    file is missing or the teacher does not predict the student's classes from the student's input."""
+    from octseg.checkpoint import load_network
+
+    problem = teacher_problem(path)
+    if problem:
+        raise ConfigError(problem)
+    net, meta = load_network(path)
+    for what, t, s in (("classes", _out_channels(net), _out_channels(student)),
+                       ("input channels (2.5D context)", _in_channels(net), _in_channels(student))):
+        if t != s:
+            raise ConfigError(f"{TEACHER_KEY}={path!r}: the teacher has {t} {what}, the model being trained {s}")
+    for p in net.parameters():
+        p.requires_grad_(False)
+    return net.eval(), dict(meta["normalization"])
+
+
+class SelfTraining(Method):
+    Config = SelfTrainingConfig
+    default_weights = "student"
+
+    def __init__(self, student, cfg, supervised_loss):
+        super().__init__(student, cfg, supervised_loss)
+        check_unsup_loss(cfg.unsup_loss, "self_training")
+        teacher, self.teacher_norm = load_teacher(cfg.teacher, student)
+        # kept outside the module tree: not trained, not saved with the run, not switched to train mode
+        self.__dict__["teacher"] = teacher
+
+    @torch.no_grad()
+    def teacher_targets(self, x_u: torch.Tensor, ctx: StepContext) -> tuple[torch.Tensor, torch.Tensor]:
+        """(pseudo-labels, validity) of the weak views: IGNORE_INDEX below ``threshold`` or outside the scan."""
+        valid = valid_or_all(x_u, ctx)
+        teacher = self.teacher.to(x_u.device).eval()
+        x = (x_u - self.teacher_norm["mean"]) / self.teacher_norm["std"]
+        probs = teacher(x).float().softmax(1)
+        if self.cfg.flip:
+            probs = 0.5 * (probs + teacher(x.flip(-1)).float().softmax(1).flip(-1))
+        conf, pseudo = probs.max(1)
+        keep = (conf >= self.cfg.threshold) & valid
+        return torch.where(keep, pseudo, torch.full_like(pseudo, IGNORE_INDEX)), valid
+
+    def training_loss(self, x_l, y_l, x_u, ctx: StepContext):
+        logits_l = self.student(ctx.normalise(x_l))
+        sup = self.supervised_loss(logits_l, y_l)
+        if x_u is None or x_u.shape[0] == 0:
+            return sup, {"loss_sup": sup.detach()}
+        target, valid = self.teacher_targets(x_u, ctx)
+        x_s, target, valid = strong_view(x_u, target, valid, ctx, self.cfg.cutmix)
+        unsup = pseudo_label_loss(self.cfg.unsup_loss, self.student(ctx.normalise(x_s)), target, valid)
+        used = (target != IGNORE_INDEX).sum() / valid.sum().clamp_min(1)
+        return sup + self.cfg.weight * unsup, {"loss_sup": sup.detach(), "loss_unsup": unsup.detach(),
+                                               "confident_fraction": used.detach()}

@@ -1,0 +1,93 @@
+"""Self-training from a frozen teacher checkpoint: the teacher labels the weak views with its own normalisation
+(flip-averaged), is never trained or saved, and a missing or mismatched teacher is a clear error."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import TINY_MODEL, make_tiny_checkpoint, method_test_config, tiny_teacher
+
+from octseg.checkpoint import load_network
+from octseg.config import load_config
+from octseg.constants import IGNORE_INDEX
+from octseg.errors import ConfigError
+from octseg.losses import LossConfig, SegmentationLoss
+from octseg.methods import StepContext, build_method
+from octseg.models import ModelConfig, build_model
+
+K = 4
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def _method(**options):
+    cfg = method_test_config("self_training")
+    for k, v in options.items():
+        setattr(cfg.self_training, k, v)
+    torch.manual_seed(0)
+    return build_method(cfg, build_model(ModelConfig(**TINY_MODEL), K), SegmentationLoss(LossConfig(), K))
+
+
+def _ctx(valid_u=None):
+    return StepContext(epoch=0, global_step=1, generator=torch.Generator().manual_seed(0),
+                       normalise=lambda x: (x - 0.5) / 0.3, valid_u=valid_u)  # not the teacher's (0.2, 0.15)
+
+
+def test_pseudo_labels_are_the_teachers_flip_averaged_prediction_with_its_own_normalisation():
+    m = _method()
+    x = torch.rand(3, 1, 64, 64, generator=torch.Generator().manual_seed(1))
+    valid = torch.ones(3, 64, 64, dtype=torch.bool)
+    valid[:, :, :6] = False
+    target, _ = m.teacher_targets(x, _ctx(valid))
+    teacher, meta = load_network(tiny_teacher())
+    norm = meta["normalization"]
+    with torch.no_grad():
+        xn = (x - norm["mean"]) / norm["std"]
+        probs = 0.5 * (teacher(xn).softmax(1) + teacher(xn.flip(-1)).softmax(1).flip(-1))
+    expected = torch.where(valid, probs.argmax(1), torch.full_like(target, IGNORE_INDEX))
+    assert torch.equal(target, expected)
+
+    m.cfg.flip = False
+    plain, _ = m.teacher_targets(x, _ctx(valid))
+    with torch.no_grad():
+        assert torch.equal(plain[valid], teacher(xn).argmax(1)[valid])
+
+
+def test_threshold_keeps_only_confident_pixels():
+    m = _method(threshold=1.0)
+    x_l, x_u = torch.rand(2, 1, 64, 64), torch.rand(2, 1, 64, 64)
+    y_l = torch.randint(0, K, (2, 64, 64))
+    m.train()
+    _, logs = m.training_loss(x_l, y_l, x_u, _ctx())
+    assert float(logs["loss_unsup"]) == 0.0 and float(logs["confident_fraction"]) == 0.0
+    m.cfg.threshold = 0.0
+    _, logs = m.training_loss(x_l, y_l, x_u, _ctx())
+    assert float(logs["loss_unsup"]) > 0 and float(logs["confident_fraction"]) == pytest.approx(1.0)
+
+
+def test_teacher_is_frozen_in_eval_mode_and_not_saved():
+    m = _method()
+    m.train()
+    assert not m.teacher.training and not any(p.requires_grad for p in m.teacher.parameters())
+    assert not any(k.startswith("teacher") for k in m.state_dict())
+    assert set(m.networks()) == {"student"}
+    before = {k: v.clone() for k, v in m.teacher.state_dict().items()}
+    x = torch.rand(2, 1, 64, 64)
+    loss, _ = m.training_loss(x, torch.randint(0, K, (2, 64, 64)), x.flip(0), _ctx())
+    loss.backward()
+    torch.optim.SGD(m.trainable_parameters(), lr=1.0).step()
+    assert all(torch.equal(before[k], v) for k, v in m.teacher.state_dict().items())  # BatchNorm stats too
+
+
+def test_missing_or_mismatched_teacher_is_a_clear_error(tmp_path):
+    with pytest.raises(ConfigError, match="method.self_training.teacher is empty"):
+        load_config(None, ["method.name=self_training"])
+    with pytest.raises(ConfigError, match="no such checkpoint file"):
+        load_config(None, ["method.name=self_training", f"method.self_training.teacher={tmp_path / 'nope.ckpt'}"])
+    two = make_tiny_checkpoint(tmp_path / "two.ckpt", classes=("background", "fluid"), method="supervised")
+    with pytest.raises(ConfigError, match=r"two\.ckpt.*2 classes, the model being trained 4"):
+        _method(teacher=str(two))
+    wide = tiny_teacher(context_slices=1)
+    with pytest.raises(ConfigError, match="3 input channels"):
+        _method(teacher=str(wide))
+    # another method ignores the (empty) teacher setting
+    assert load_config(None, ["method.name=fixmatch"]).method.name == "fixmatch"
