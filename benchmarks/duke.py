@@ -15,7 +15,8 @@ volume) and the Kermany pool. Regime ``all`` (a reference): supervised on all th
 subjects. Every method of ``octseg.methods`` plus ``supervised_strong`` (supervised with the strong
 augmentation) runs on the same split, seed and labelled augmentation (paired runs); each is
 compared with the better supervised baseline of its regime, chosen on validation Dice (mean over
-rotations), never on the test subject.
+rotations), never on the test subject. ``self_training[@ENCODER]`` learns from a frozen teacher: the same
+rotation's ``supervised[@ENCODER]`` run, added to the plan and trained before it.
 
 Recipe: ``configs/duke.yaml`` (2 classes, dice+CE, AdamW cosine, flips and small affine) with its own
 ResNet18 U-Net (the label-efficiency benchmark's ``MODEL`` overrides, none today) at ``--size``

@@ -25,7 +25,9 @@ semi-supervised ones (``_pool_pretrain.POOL_PRETRAINED``, by name only): ``super
 ``fixmatch_mim``, ``unimatch_mim`` and ``supervised_mim3k`` fine-tune from an encoder pretrained with ``octseg pretrain``
 (masked-image modelling or denoising, ``POOL_PRETRAIN`` steps there, three times as many for ``*_mim3k``) on the
 48 training volumes' B-scans without labels (written once to ``WORKDIR/pretrain-pool``, the encoders to
-``WORKDIR/encoders``; never a validation or test volume), one encoder for every seed. The supervised controls of
+``WORKDIR/encoders``; never a validation or test volume), one encoder for every seed. ``self_training`` and
+``selftrain_mim`` learn from a frozen teacher (``_common.TEACHER_OF``): the same seed's ``supervised`` (from scratch)
+or ``supervised_mim`` run, which is added to the plan and trained first. The supervised controls of
 ``_common.STRONG_ABLATIONS`` (by name only; never a baseline, never "semi-supervised") train supervised
 with the strong augmentation less one of its parts, or at half strength. The knobs of
 ``_common.SSL_TUNING`` (by name only) train FixMatch and UniMatch with threshold 0.8 or 0.6, or 12
@@ -101,7 +103,7 @@ from benchmarks._common import (SUPERVISED, TEACHER_OF, add_keep_last, all_metho
 from benchmarks._label_efficiency_report import (REFERENCE, aggregate, evaluate_targets,  # noqa: E402
                                                  plot_results, print_tables)
 from benchmarks._plots import replot  # noqa: E402
-from benchmarks._pool_pretrain import POOL_PRETRAINED, overrides_of, pool_encoder  # noqa: E402
+from benchmarks._pool_pretrain import POOL_PRETRAINED, POOL_TEACHERS, overrides_of, pool_encoder  # noqa: E402
 
 RECIPE = "demo_cpu"
 # The recipe's network (U-Net ResNet18, decoder 256-...-16) at 96x96. Lighter networks were measured and
@@ -143,12 +145,29 @@ def estimate_seconds(plan, epochs: int, steps: int) -> float:
 
 def teacher_of(method: str):
     """The benchmark method whose run (same seed, same labelled volumes) is ``method``'s teacher, or None:
-    ``self_training`` learns from ``supervised``, ``selftrain_mim`` from ``supervised_mim`` (same encoder)."""
+    ``self_training`` learns from ``supervised``, ``selftrain_mim`` from ``supervised_mim`` (same encoder), a second
+    round (``POOL_TEACHERS``) from the first round's student."""
+    if method in POOL_TEACHERS:
+        return POOL_TEACHERS[method]
     base, key = POOL_PRETRAINED.get(method, (method, None))
     teacher = TEACHER_OF.get(base_method(base))
     if teacher is None or key is None:
         return teacher
     return next(m for m, (b, k) in POOL_PRETRAINED.items() if b == teacher and k == key)
+
+
+def teacher_depth(method: str) -> int:
+    """0 for a method without a teacher, else one more than its teacher's: the stage it trains in."""
+    teacher = teacher_of(method)
+    return 0 if teacher is None else 1 + teacher_depth(teacher)
+
+
+def with_teachers(methods: list) -> list:
+    """``methods`` with the supervised baselines and every teacher (and teacher's teacher) they need, teachers
+    before their students, the order kept otherwise."""
+    while any(teacher_of(m) and teacher_of(m) not in methods for m in methods):
+        methods = list(dict.fromkeys([*filter(None, map(teacher_of, methods)), *methods]))
+    return sorted(dict.fromkeys([*SUPERVISED, *methods]), key=teacher_depth)
 
 
 def shown_path(path: Path) -> str:
@@ -380,7 +399,7 @@ def main(argv=None) -> int:
     bad = [m for m in methods if m not in known]
     if bad:
         ap.error(f"--methods: unknown {bad}; choose from {known}")
-    methods = list(dict.fromkeys([*SUPERVISED, *filter(None, map(teacher_of, methods)), *methods]))  # teachers first
+    methods = with_teachers(methods)
     suffix = "_quick" if q else ""
     out_json = args.out or REPO / "benchmarks" / "results" / f"label_efficiency{suffix}.json"
     out_png = args.plot or REPO / "benchmarks" / "results" / f"label_efficiency{suffix}.png"
@@ -426,8 +445,8 @@ def main(argv=None) -> int:
                            *([teacher_override(run_dir.parent / teacher)] if teacher else [])])
 
     if args.jobs > 1:  # train in parallel (teachers before their students); the loop below then scores them
-        for students in (False, True):
-            stage = [r for r in runs if (teacher_of(r[2]) is not None) == students]
+        for depth in range(max(map(teacher_depth, methods)) + 1):
+            stage = [r for r in runs if teacher_depth(r[2]) == depth]
             if stage:
                 train_parallel([(config_of(seed, m, lab, split, run_dir), run_dir)
                                 for seed, _, m, lab, split, run_dir in stage], args.jobs, args.threads)

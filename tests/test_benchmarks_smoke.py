@@ -400,6 +400,11 @@ def test_self_training_learns_from_the_teacher_run_of_its_own_labels(tiny_prepar
     assert label_efficiency.teacher_of("self_training") == "supervised"
     assert label_efficiency.teacher_of("selftrain_mim") == "supervised_mim"
     assert label_efficiency.teacher_of("fixmatch_t0.6_mim") is None and label_efficiency.teacher_of("supervised") is None
+    assert label_efficiency.teacher_of("selftrain2_weak_mim") == "selftrain_weak_mim"  # a second round
+    assert [label_efficiency.teacher_depth(m) for m in ("supervised_mim", "selftrain_weak_mim", "selftrain2_weak_mim")] \
+        == [0, 1, 2]
+    assert label_efficiency.with_teachers(["selftrain2_weak_mim", "fixmatch"]) == [
+        "supervised", "supervised_strong", "supervised_mim", "fixmatch", "selftrain_weak_mim", "selftrain2_weak_mim"]
     assert duke.teacher_of("self_training@mim") == "supervised@mim" and duke.teacher_of("self_training") == "supervised"
     assert duke.teacher_of("fixmatch@mim") is None
     with pytest.raises(SystemExit, match="teacher run has not finished"):

@@ -91,3 +91,38 @@ def test_missing_or_mismatched_teacher_is_a_clear_error(tmp_path):
         _method(teacher=str(wide))
     # another method ignores the (empty) teacher setting
     assert load_config(None, ["method.name=fixmatch"]).method.name == "fixmatch"
+
+
+def test_teacher_takes_the_students_memory_layout():
+    cfg = method_test_config("self_training")
+    net = build_model(ModelConfig(**TINY_MODEL), K).to(memory_format=torch.channels_last)
+    m = build_method(cfg, net, SegmentationLoss(LossConfig(), K))
+    w = next(p for p in m.teacher.parameters() if p.ndim == 4 and p.shape[-1] > 1)
+    assert m.memory_format == torch.channels_last and w.is_contiguous(memory_format=torch.channels_last)
+    assert _method().memory_format == torch.contiguous_format
+    x = torch.rand(2, 1, 64, 64)
+    a, _ = m.teacher_targets(x, _ctx())
+    b, _ = _method().teacher_targets(x, _ctx())
+    assert (a == b).float().mean() > 0.99  # the same teacher, another layout: (nearly) the same labels
+
+
+def test_without_strong_the_student_learns_the_weak_view():
+    """``strong: false, cutmix: false``: the unlabelled term is the student's cross-entropy on the weak view itself."""
+    import torch.nn.functional as F
+
+    from octseg.data.augment import AugmentConfig, Augmenter
+
+    m = _method(strong=False, cutmix=False)
+    x_l, x_u = torch.rand(2, 1, 64, 64), torch.rand(2, 1, 64, 64)
+    ctx = _ctx()
+    ctx.augmenter = Augmenter(AugmentConfig())
+    m.eval()
+    with torch.no_grad():
+        _, logs = m.training_loss(x_l, torch.randint(0, K, (2, 64, 64)), x_u, ctx)
+        target, _ = m.teacher_targets(x_u, ctx)
+        expected = F.cross_entropy(m.student(ctx.normalise(x_u)), target)
+    assert float(logs["loss_unsup"]) == pytest.approx(float(expected), rel=1e-5)
+    m.cfg.strong = True
+    with torch.no_grad():
+        _, logs = m.training_loss(x_l, torch.randint(0, K, (2, 64, 64)), x_u, ctx)
+    assert float(logs["loss_unsup"]) != pytest.approx(float(expected), rel=1e-5)

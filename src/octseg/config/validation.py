@@ -172,6 +172,7 @@ _RULES: list[tuple[str, Rule]] = [
     ("method.self_training.weight", NON_NEGATIVE),
     ("method.self_training.unsup_loss", one_of(*PSEUDO_LABEL_LOSSES)),
     ("method.self_training.cutmix", FLAG),
+    ("method.self_training.strong", FLAG),
     # optim: the names and schedulers SegmentationModule.configure_optimizers builds
     ("optim.name", one_of(*OPTIMIZERS)),
     ("optim.lr", number(0, lo_open=True)),

@@ -13,16 +13,17 @@ from octseg.errors import ConfigError
 from octseg.losses import PSEUDO_LABEL_LOSSES, soft_dice_loss
 
 
-def strong_view(x: torch.Tensor, targets, valid: torch.Tensor, ctx, cutmix: bool):
+def strong_view(x: torch.Tensor, targets, valid: torch.Tensor, ctx, cutmix: bool, intensity: bool = True):
     """A strong view of ``x`` (N, 1, H, W) and the targets/validity that go with it: the toolkit's
-    strong intensity augmentation and, with ``cutmix``, a box pasted from another B-scan of the batch
-    (its targets and validity pasted with it). ``targets``: one (N, H, W) tensor, or a tuple of them
-    (e.g. two networks' pseudo-labels), returned in the same form."""
+    strong intensity augmentation (unless not ``intensity``) and, with ``cutmix``, a box pasted from another
+    B-scan of the batch (its targets and validity pasted with it). ``targets``: one (N, H, W) tensor, or a
+    tuple of them (e.g. two networks' pseudo-labels), returned in the same form."""
     many = isinstance(targets, (tuple, list))
     ts = list(targets) if many else [targets]
     aug = ctx.augmenter
     if aug is not None:
-        x = aug.strong(x, ctx.generator)
+        if intensity:
+            x = aug.strong(x, ctx.generator)
         if cutmix and x.shape[0] > 1:
             box, perm = aug.cutmix_boxes(x.shape[0], x.shape[-2:], ctx.generator, x.device)
             x = torch.where(box[:, None], x[perm], x)

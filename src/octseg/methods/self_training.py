@@ -9,8 +9,9 @@ Semi-supervised Semantic Segmentation", CVPR 2022) and Noisy Student (Xie et al.
   probability is at least ``threshold`` (0 by default: every pixel, as ST++) and the weak view did not pull
   it in from outside the scan.
 * The student (the run's own initialisation, e.g. a pretrained encoder: not the teacher's weights) learns
-  them on a **strong** view (strong intensity augmentation and, with ``cutmix``, a box pasted from another
-  unlabelled B-scan with its pseudo-labels) — the noise that lets a student outgrow its teacher.
+  them on a **strong** view (strong intensity augmentation, unless ``strong`` is off, and, with ``cutmix``, a
+  box pasted from another unlabelled B-scan with its pseudo-labels) — the noise that lets a student outgrow
+  its teacher.
 * Loss = supervised + ``weight`` (1.0) x ``unsup_loss`` (cross-entropy over the valid unlabelled pixels).
 
 Why next to FixMatch: FixMatch labels the unlabelled B-scans with the network it trains, so early in a
@@ -36,7 +37,8 @@ from octseg.methods.pseudo_labels import check_unsup_loss, pseudo_label_loss, st
 @dataclass
 class SelfTrainingConfig:
     """``method.self_training.*``: the teacher checkpoint, confidence threshold, flip averaging of the
-    teacher, unlabelled loss weight and kind, CutMix on/off."""
+    teacher, unlabelled loss weight and kind, CutMix on/off, and whether the student's view also gets the strong
+    intensity augmentation (``strong``; off: the weak view, with CutMix if on)."""
 
     teacher: str = ""
     threshold: float = 0.0
@@ -44,6 +46,7 @@ class SelfTrainingConfig:
     weight: float = 1.0
     unsup_loss: str = "ce"
     cutmix: bool = True
+    strong: bool = True
 
 
 def _out_channels(net: nn.Module) -> int:
@@ -96,15 +99,20 @@ class SelfTraining(Method):
         super().__init__(student, cfg, supervised_loss)
         check_unsup_loss(cfg.unsup_loss, "self_training")
         teacher, self.teacher_norm = load_teacher(cfg.teacher, student)
+        # the student's memory layout (the engine makes it channels-last on request): the faster kernels for both
+        w = next((m.weight for m in student.modules() if isinstance(m, nn.Conv2d) and min(m.weight.shape[1:]) > 1),
+                 None)  # (a layout shows only where channels and kernel are both wider than 1)
+        self.memory_format = (torch.channels_last if w is not None and not w.is_contiguous()
+                              and w.is_contiguous(memory_format=torch.channels_last) else torch.contiguous_format)
         # kept outside the module tree: not trained, not saved with the run, not switched to train mode
-        self.__dict__["teacher"] = teacher
+        self.__dict__["teacher"] = teacher.to(memory_format=self.memory_format)
 
     @torch.no_grad()
     def teacher_targets(self, x_u: torch.Tensor, ctx: StepContext) -> tuple[torch.Tensor, torch.Tensor]:
         """(pseudo-labels, validity) of the weak views: IGNORE_INDEX below ``threshold`` or outside the scan."""
         valid = valid_or_all(x_u, ctx)
         teacher = self.teacher.to(x_u.device).eval()
-        x = (x_u - self.teacher_norm["mean"]) / self.teacher_norm["std"]
+        x = ((x_u - self.teacher_norm["mean"]) / self.teacher_norm["std"]).contiguous(memory_format=self.memory_format)
         probs = teacher(x).float().softmax(1)
         if self.cfg.flip:
             probs = 0.5 * (probs + teacher(x.flip(-1)).float().softmax(1).flip(-1))
@@ -118,7 +126,7 @@ class SelfTraining(Method):
         if x_u is None or x_u.shape[0] == 0:
             return sup, {"loss_sup": sup.detach()}
         target, valid = self.teacher_targets(x_u, ctx)
-        x_s, target, valid = strong_view(x_u, target, valid, ctx, self.cfg.cutmix)
+        x_s, target, valid = strong_view(x_u, target, valid, ctx, self.cfg.cutmix, intensity=self.cfg.strong)
         unsup = pseudo_label_loss(self.cfg.unsup_loss, self.student(ctx.normalise(x_s)), target, valid)
         used = (target != IGNORE_INDEX).sum() / valid.sum().clamp_min(1)
         return sup + self.cfg.weight * unsup, {"loss_sup": sup.detach(), "loss_unsup": unsup.detach(),
