@@ -21,7 +21,7 @@ POOL_PRETRAINED = {"supervised_mim": ("supervised", "mim"), "fixmatch_mim": ("fi
                    "unimatch_mim": ("unimatch", "mim"), "supervised_denoise": ("supervised", "denoise"),
                    "unimatch_mim_t0.8": ("unimatch_t0.8", "mim"), "supervised_mim3k": ("supervised", "mim3k"),
                    "fixmatch_t0.6_mim3k": ("fixmatch_t0.6", "mim3k"),
-                   "fixmatch_t0.6_mim": ("fixmatch_t0.6", "mim"), "selftrain_mim": ("self_training", "mim"),
+                   "fixmatch_t0.6_mim": ("fixmatch_t0.6", "mim"), "selftrain_mim": ("self_training_strong", "mim"),
                    "selftrain_weak_mim": ("self_training_weak", "mim"),
                    "selftrain2_weak_mim": ("self_training_weak", "mim")}
 # variant -> the variant whose run (same seed and labels) teaches it, where that is not TEACHER_OF's choice: a second

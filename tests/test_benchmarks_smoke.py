@@ -142,11 +142,16 @@ def test_ssl_tuning_variants_are_semi_supervised_and_by_name_only(tmp_path):
     from benchmarks.label_efficiency import known_methods
     from octseg.config import load_config
 
+    from conftest import tiny_teacher
+
     assert SSL_TUNING and not set(SSL_TUNING) & set(all_methods())
     for name in SSL_TUNING:
         assert name in known_methods() and name in EXTRA and not supervised_only(name)
-        cfg = load_config("demo_cpu", ["data.path=x", *method_overrides(name)])  # every override is a real key
-        assert cfg.method.name == base_method(name) in ("fixmatch", "unimatch")
+        teacher = [f"method.self_training.teacher={tiny_teacher()}"]  # (only self-training reads it)
+        cfg = load_config("demo_cpu", ["data.path=x", *method_overrides(name), *teacher])  # every override is a real key
+        assert cfg.method.name == base_method(name) in ("fixmatch", "unimatch", "self_training")
+    assert not load_config("demo_cpu", ["data.path=x", *method_overrides("self_training_weak"), *teacher]
+                           ).method.self_training.strong
     assert load_config("demo_cpu", ["data.path=x", *method_overrides("fixmatch_u12")]).data.unlabelled_batch == 12
     assert load_config("demo_cpu", ["data.path=x", *method_overrides("unimatch_t0.8")]).method.unimatch.threshold == 0.8
     enc = tmp_path / "enc.pth"  # a tuned variant from the pool-pretrained encoder
