@@ -162,12 +162,20 @@ def weak_targets(net, x_u: torch.Tensor, ctx, threshold: float,
         probs = net(ctx.normalise(x_u)).float().softmax(1)
         if align is not None:
             probs = align(probs, valid)
-        conf, pseudo = probs.max(1)
-        keep = (conf >= threshold) & valid
-        if background_guard > 0:
-            sure = (probs[:, BACKGROUND] >= threshold) | ~valid
-            keep &= (pseudo != BACKGROUND) | guarded_background(sure, background_guard)
-    return torch.where(keep, pseudo, torch.full_like(pseudo, IGNORE_INDEX)), valid
+        return confident_targets(probs, valid, threshold, background_guard), valid
+
+
+def confident_targets(probs: torch.Tensor, valid: torch.Tensor, threshold: float,
+                      background_guard: int = 0) -> torch.Tensor:
+    """Hard pseudo-labels of class probabilities ``probs`` (N, K, H, W): the top class where its probability is
+    at least ``threshold`` and the pixel is ``valid``, IGNORE_INDEX elsewhere; ``background_guard`` as in
+    :func:`weak_targets`."""
+    conf, pseudo = probs.max(1)
+    keep = (conf >= threshold) & valid
+    if background_guard > 0:
+        sure = (probs[:, BACKGROUND] >= threshold) | ~valid
+        keep &= (pseudo != BACKGROUND) | guarded_background(sure, background_guard)
+    return torch.where(keep, pseudo, torch.full_like(pseudo, IGNORE_INDEX))
 
 
 def valid_or_all(x_u: torch.Tensor, ctx) -> torch.Tensor:

@@ -34,7 +34,8 @@ from torch import nn
 from octseg.constants import IGNORE_INDEX
 from octseg.errors import ConfigError
 from octseg.methods.base import Method, StepContext
-from octseg.methods.pseudo_labels import check_unsup_loss, pseudo_label_loss, strong_view, valid_or_all
+from octseg.methods.pseudo_labels import (check_unsup_loss, confident_targets, pseudo_label_loss, strong_view,
+                                          valid_or_all)
 
 
 @dataclass
@@ -52,15 +53,11 @@ class SelfTrainingConfig:
     strong: bool = False
 
 
-def _out_channels(net: nn.Module) -> int:
-    """Classes a segmentation network predicts: the output channels of its last convolution."""
+def _io_channels(net: nn.Module) -> tuple[int, int]:
+    """(input channels, classes predicted) of a segmentation network: its first convolution's input and its
+    last convolution's output channels."""
     convs = [m for m in net.modules() if isinstance(m, nn.Conv2d)]
-    return convs[-1].out_channels if convs else -1
-
-
-def _in_channels(net: nn.Module) -> int:
-    convs = [m for m in net.modules() if isinstance(m, nn.Conv2d)]
-    return convs[0].in_channels if convs else -1
+    return (convs[0].in_channels, convs[-1].out_channels) if convs else (-1, -1)
 
 
 TEACHER_KEY = "method.self_training.teacher"
@@ -85,8 +82,7 @@ def load_teacher(path: str, student: nn.Module) -> tuple[nn.Module, dict]:
     if problem:
         raise ConfigError(problem)
     net, meta = load_network(path)
-    for what, t, s in (("classes", _out_channels(net), _out_channels(student)),
-                       ("input channels (2.5D context)", _in_channels(net), _in_channels(student))):
+    for what, t, s in zip(("input channels (2.5D context)", "classes"), _io_channels(net), _io_channels(student)):
         if t != s:
             raise ConfigError(f"{TEACHER_KEY}={path!r}: the teacher has {t} {what}, the model being trained {s}")
     for p in net.parameters():
@@ -114,14 +110,12 @@ class SelfTraining(Method):
     def teacher_targets(self, x_u: torch.Tensor, ctx: StepContext) -> tuple[torch.Tensor, torch.Tensor]:
         """(pseudo-labels, validity) of the weak views: IGNORE_INDEX below ``threshold`` or outside the scan."""
         valid = valid_or_all(x_u, ctx)
-        teacher = self.teacher.to(x_u.device).eval()
+        teacher = self.teacher.to(x_u.device)  # (in eval mode since loading: outside the module tree)
         x = ((x_u - self.teacher_norm["mean"]) / self.teacher_norm["std"]).contiguous(memory_format=self.memory_format)
         probs = teacher(x).float().softmax(1)
         if self.cfg.flip:
             probs = 0.5 * (probs + teacher(x.flip(-1)).float().softmax(1).flip(-1))
-        conf, pseudo = probs.max(1)
-        keep = (conf >= self.cfg.threshold) & valid
-        return torch.where(keep, pseudo, torch.full_like(pseudo, IGNORE_INDEX)), valid
+        return confident_targets(probs, valid, self.cfg.threshold), valid
 
     def training_loss(self, x_l, y_l, x_u, ctx: StepContext):
         logits_l = self.student(ctx.normalise(x_l))
