@@ -4,7 +4,8 @@ method fine-tuned from an encoder pretrained on the B-scans of every training vo
 labels (the labelled volumes' images too; never a validation or test volume), once per workdir and
 shared by every seed. The name says the encoder (``supervised_mim``: masked-image modelling, ``POOL_PRETRAIN`` steps;
 ``supervised_mim3k``: the same objective for three times as many steps; ``unimatch_mim_t0.8``: the variant
-``unimatch_t0.8`` from the ``mim`` encoder)."""
+``unimatch_t0.8`` from the ``mim`` encoder). Self-training variants also name the run that teaches them
+(``teacher_of``), which trains first (``with_teachers``, ``teacher_depth``)."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks._common import method_overrides
+from benchmarks._common import SUPERVISED, TEACHER_OF, base_method, method_overrides
 
 # variant -> (method or variant it fine-tunes, encoder key of POOL_ENCODERS)
 POOL_PRETRAINED = {"supervised_mim": ("supervised", "mim"), "fixmatch_mim": ("fixmatch", "mim"),
@@ -105,3 +106,30 @@ def overrides_of(method: str, encoders: dict) -> list:
         base, key = POOL_PRETRAINED[method]
         return [*method_overrides(base), f"model.encoder_weights={encoders[key]}"]
     return method_overrides(method)
+
+
+def teacher_of(method: str):
+    """The benchmark method whose run (same seed, same labelled volumes) is ``method``'s teacher, or None:
+    ``self_training`` learns from ``supervised``, ``selftrain_mim`` from ``supervised_mim`` (same encoder), a second
+    round (``POOL_TEACHERS``) from the first round's student."""
+    if method in POOL_TEACHERS:
+        return POOL_TEACHERS[method]
+    base, key = POOL_PRETRAINED.get(method, (method, None))
+    teacher = TEACHER_OF.get(base_method(base))
+    if teacher is None or key is None:
+        return teacher
+    return next(m for m, (b, k) in POOL_PRETRAINED.items() if b == teacher and k == key)
+
+
+def teacher_depth(method: str) -> int:
+    """0 for a method without a teacher, else one more than its teacher's: the stage it trains in."""
+    teacher = teacher_of(method)
+    return 0 if teacher is None else 1 + teacher_depth(teacher)
+
+
+def with_teachers(methods: list) -> list:
+    """``methods`` with the supervised baselines and every teacher (and teacher's teacher) they need, teachers
+    before their students, the order kept otherwise."""
+    while any(teacher_of(m) and teacher_of(m) not in methods for m in methods):
+        methods = list(dict.fromkeys([*filter(None, map(teacher_of, methods)), *methods]))
+    return sorted(dict.fromkeys([*SUPERVISED, *methods]), key=teacher_depth)

@@ -99,13 +99,14 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-from benchmarks._common import (SUPERVISED, TEACHER_OF, add_keep_last, all_methods, base_method, fmt,  # noqa: E402
+from benchmarks._common import (SUPERVISED, add_keep_last, all_methods, base_method, fmt,  # noqa: E402
                                 named_methods, prune_last, quiet_lightning, run_training, save_split,
                                 teacher_override, train_parallel, write_results)
 from benchmarks._label_efficiency_report import (REFERENCE, aggregate, evaluate_targets,  # noqa: E402
                                                  plot_results, print_tables)
 from benchmarks._plots import replot  # noqa: E402
-from benchmarks._pool_pretrain import POOL_PRETRAINED, POOL_TEACHERS, overrides_of, pool_encoder  # noqa: E402
+from benchmarks._pool_pretrain import (POOL_PRETRAINED, overrides_of, pool_encoder, teacher_depth,  # noqa: E402
+                                       teacher_of, with_teachers)
 
 RECIPE = "demo_cpu"
 # The recipe's network (U-Net ResNet18, decoder 256-...-16) at 96x96. Lighter networks were measured and
@@ -143,33 +144,6 @@ def estimate_seconds(plan, epochs: int, steps: int) -> float:
                 * STEP_COST_FACTOR.get(variant, 1.0))
 
     return sum(per_step(m) * epochs * steps + RUN_S + EPOCH_S * epochs for _, _, m in plan)
-
-
-def teacher_of(method: str):
-    """The benchmark method whose run (same seed, same labelled volumes) is ``method``'s teacher, or None:
-    ``self_training`` learns from ``supervised``, ``selftrain_mim`` from ``supervised_mim`` (same encoder), a second
-    round (``POOL_TEACHERS``) from the first round's student."""
-    if method in POOL_TEACHERS:
-        return POOL_TEACHERS[method]
-    base, key = POOL_PRETRAINED.get(method, (method, None))
-    teacher = TEACHER_OF.get(base_method(base))
-    if teacher is None or key is None:
-        return teacher
-    return next(m for m, (b, k) in POOL_PRETRAINED.items() if b == teacher and k == key)
-
-
-def teacher_depth(method: str) -> int:
-    """0 for a method without a teacher, else one more than its teacher's: the stage it trains in."""
-    teacher = teacher_of(method)
-    return 0 if teacher is None else 1 + teacher_depth(teacher)
-
-
-def with_teachers(methods: list) -> list:
-    """``methods`` with the supervised baselines and every teacher (and teacher's teacher) they need, teachers
-    before their students, the order kept otherwise."""
-    while any(teacher_of(m) and teacher_of(m) not in methods for m in methods):
-        methods = list(dict.fromkeys([*filter(None, map(teacher_of, methods)), *methods]))
-    return sorted(dict.fromkeys([*SUPERVISED, *methods]), key=teacher_depth)
 
 
 def shown_path(path: Path) -> str:
