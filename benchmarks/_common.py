@@ -119,6 +119,9 @@ SSL_TUNING = {
     # here, kept the student below its teacher)
     "self_training_strong": ("self_training", ["method.self_training.strong=true"]),
     "self_training_weak": ("self_training", ["method.self_training.strong=false"]),
+    # Mean Teacher's consistency (MSE between softmax maps) at 10 times the recipes' weight, with CutMix views
+    "mean_teacher_cutmix_w10": ("mean_teacher", ["method.mean_teacher.cutmix=true",
+                                                 "method.mean_teacher.consistency_weight=10"]),
 }
 #: Benchmark methods that only run when named: the supervised controls and the semi-supervised knobs.
 BY_NAME_ONLY = {**STRONG_ABLATIONS, **SSL_TUNING}
@@ -130,6 +133,7 @@ EXTRA = {"supervised_strong": ("supervised", ["augment.strong=true"]),
          "fixmatch_guard": ("fixmatch", ["method.fixmatch.background_guard=3"]),
          "unimatch_guard": ("unimatch", ["method.unimatch.background_guard=3"]),
          "mean_teacher_strong": ("mean_teacher", ["method.mean_teacher.strong=true"]),
+         "mean_teacher_cutmix": ("mean_teacher", ["method.mean_teacher.cutmix=true"]),
          "supervised_fda": ("supervised", FDA),
          "fixmatch_fda": ("fixmatch", FDA),
          "unimatch_fda": ("unimatch", FDA),

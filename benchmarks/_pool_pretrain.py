@@ -24,7 +24,8 @@ POOL_PRETRAINED = {"supervised_mim": ("supervised", "mim"), "fixmatch_mim": ("fi
                    "fixmatch_t0.6_mim3k": ("fixmatch_t0.6", "mim3k"),
                    "fixmatch_t0.6_mim": ("fixmatch_t0.6", "mim"), "selftrain_mim": ("self_training_strong", "mim"),
                    "selftrain_weak_mim": ("self_training_weak", "mim"),
-                   "selftrain2_weak_mim": ("self_training_weak", "mim")}
+                   "selftrain2_weak_mim": ("self_training_weak", "mim"),
+                   "mean_teacher_cutmix_mim": ("mean_teacher_cutmix", "mim")}
 # variant -> the variant whose run (same seed and labels) teaches it, where that is not TEACHER_OF's choice: a second
 # round of self-training learns from the first round's student (Noisy Student's iteration)
 POOL_TEACHERS = {"selftrain2_weak_mim": "selftrain_weak_mim"}
@@ -106,6 +107,11 @@ def overrides_of(method: str, encoders: dict) -> list:
         base, key = POOL_PRETRAINED[method]
         return [*method_overrides(base), f"model.encoder_weights={encoders[key]}"]
     return method_overrides(method)
+
+
+def trained_method(method: str) -> str:
+    """The registered method a benchmark method name trains (``mean_teacher_cutmix_mim`` -> ``mean_teacher``)."""
+    return base_method(POOL_PRETRAINED.get(method, (method, None))[0])
 
 
 def teacher_of(method: str):

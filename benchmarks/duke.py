@@ -445,8 +445,8 @@ def main(argv=None) -> int:
         print(f"Target: best semi-supervised ({b}, chosen on validation) >= best supervised ({baseline[regime]}) + "
               f"{TARGET_GAIN[regime]} at {regime} -> {'met' if met else 'NOT met'} (gain {fmt(p['mean'], sign=True)}, "
               f"CI {ci_text(p)})")
-    teachers = [m for m in methods if split_variant(m)[0] == "mean_teacher"]
-    if teachers:  # several encoders: the one a user would pick, by validation Dice over the regimes, never test
+    teachers = [m for m in methods if base_method(split_variant(m)[0]) == "mean_teacher"]
+    if teachers:  # several forms or encoders: the one a user would pick, by validation Dice over the regimes, never test
         mt = max(teachers, key=lambda m: np.mean([rank_key(summary[r][m]["val"]["fluid_dice"]) for r in regimes]))
         targets["mean_teacher_above_supervised"] = {"variant": mt, **mean_teacher_target(summary, regimes, mt)}
     if q:

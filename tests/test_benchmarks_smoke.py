@@ -149,9 +149,11 @@ def test_ssl_tuning_variants_are_semi_supervised_and_by_name_only(tmp_path):
         assert name in known_methods() and name in EXTRA and not supervised_only(name)
         teacher = [f"method.self_training.teacher={tiny_teacher()}"]  # (only self-training reads it)
         cfg = load_config("demo_cpu", ["data.path=x", *method_overrides(name), *teacher])  # every override is a real key
-        assert cfg.method.name == base_method(name) in ("fixmatch", "unimatch", "self_training")
+        assert cfg.method.name == base_method(name) in ("fixmatch", "unimatch", "self_training", "mean_teacher")
     assert not load_config("demo_cpu", ["data.path=x", *method_overrides("self_training_weak"), *teacher]
                            ).method.self_training.strong
+    mt = load_config("demo_cpu", ["data.path=x", *method_overrides("mean_teacher_cutmix_w10")]).method.mean_teacher
+    assert (mt.cutmix, mt.consistency_weight) == (True, 10)
     assert load_config("demo_cpu", ["data.path=x", *method_overrides("fixmatch_u12")]).data.unlabelled_batch == 12
     assert load_config("demo_cpu", ["data.path=x", *method_overrides("unimatch_t0.8")]).method.unimatch.threshold == 0.8
     enc = tmp_path / "enc.pth"  # a tuned variant from the pool-pretrained encoder
@@ -422,3 +424,40 @@ def test_self_training_learns_from_the_teacher_run_of_its_own_labels(tiny_prepar
     cfg = load_config("demo_cpu", base + ["method.name=self_training", override])
     best, _, info = run_training(cfg, tmp_path / "self_training")
     assert best.is_file() and info["global_step"] == 2
+
+
+def test_mean_teacher_target_reads_the_form_best_on_validation(capsys):
+    """With several forms of Mean Teacher in a result (plain, strong views, CutMix, an encoder), the target is read
+    on the one best on validation, never on test, and names it."""
+    from benchmarks._common import rank_key
+    from benchmarks._label_efficiency_report import aggregate, evaluate_targets
+
+    fig = json.loads((ROOT / "benchmarks" / "results" / "label_efficiency.json").read_text())["figures"]
+    s = fig["settings"]
+    agg = aggregate(fig["runs"], s["regimes"], s["methods"], list(fig["runs"][0]["scores"]["test"]["dice"]),
+                    with_reference=bool(fig["reference_all_labelled"]))
+    forms = ["mean_teacher", "mean_teacher_strong"]
+    val = {m: rank_key(agg["summary"]["1v"][m]["val"]["mean_foreground"]) for m in forms}
+    assert val["mean_teacher"] != val["mean_teacher_strong"]
+    target = evaluate_targets(agg, s["regimes"], s["methods"], s["labelled_volumes"])["mean_teacher_above_supervised"]
+    assert target["variant"] == max(forms, key=val.get)
+    assert target["gains"]["1v"] == agg["summary"]["1v"][target["variant"]]["vs_best_supervised"]["mean"]
+    assert f"Mean Teacher ({target['variant']})" in capsys.readouterr().out
+
+
+def test_a_tie_on_validation_is_reported_with_what_each_pick_would_give(capsys):
+    """At 2 labelled volumes the strong- and weak-view self-training runs tie on validation (to 0.000004): the
+    target names both, with each one's gain, instead of passing the pick off as a choice."""
+    from benchmarks._label_efficiency_report import aggregate, evaluate_targets
+
+    fig = json.loads((ROOT / "benchmarks" / "results" / "label_efficiency_selftrain_weak_mim.json").read_text())["figures"]
+    s = fig["settings"]
+    agg = aggregate(fig["runs"], s["regimes"], s["methods"], list(fig["runs"][0]["scores"]["test"]["dice"]),
+                    with_reference=bool(fig["reference_all_labelled"]))
+    targets = evaluate_targets(agg, s["regimes"], s["methods"], s["labelled_volumes"])
+    at2 = targets["semi_gain_at_2v"]
+    assert {at2["best_semi"], *at2["tied_on_validation"]} == {"selftrain_mim", "selftrain_weak_mim"}
+    (other, gain), = at2["tied_on_validation"].items()
+    assert gain == agg["summary"]["2v"][other]["vs_best_supervised"]["mean"]
+    assert "tied_on_validation" not in targets["semi_gain_at_1v"]
+    assert f"tied with {at2['best_semi']} on validation" in capsys.readouterr().out
