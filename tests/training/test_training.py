@@ -399,3 +399,24 @@ def test_deterministic_trainer_keeps_deterministic_algorithms_without_nan_fillin
     finally:
         torch.use_deterministic_algorithms(False)
         torch.utils.deterministic.fill_uninitialized_memory = True
+
+
+def test_a_best_checkpoint_picked_among_near_zero_validation_scores_is_flagged(tiny_prepared, tmp_path, monkeypatch):
+    """When no epoch's validation found the fluid, best.ckpt was picked among near-zero scores: the run warns, names
+    the run folder, and records it in metrics.json; above the bar nothing is said."""
+    import json
+
+    import octseg.training.run as run_mod
+
+    assert run_mod.uninformative_selection(0.2, 5) is None
+    assert "0.010" in run_mod.uninformative_selection(0.01, 5) and "last.ckpt" in run_mod.uninformative_selection(0, 5)
+    assert run_mod.uninformative_selection(float("nan"), 5) is None
+    torch.set_num_threads(1)
+    cfg = load_config(None, _tiny_overrides(tiny_prepared, **{"method.name": "supervised", "trainer.max_epochs": 1}))
+    monkeypatch.setattr(run_mod, "UNINFORMATIVE_VAL_DICE", 0.0)  # no score counts as near zero
+    quiet = run_mod.train(cfg, out_dir=tmp_path / "quiet")
+    assert "selection_warning" not in json.loads((quiet.run_dir / "metrics.json").read_text())
+    monkeypatch.setattr(run_mod, "UNINFORMATIVE_VAL_DICE", 1.01)  # every score counts as near zero
+    with pytest.warns(UserWarning, match=r"flagged.*best validation mean foreground Dice of the run is 0\.\d{3}"):
+        res = run_mod.train(cfg, out_dir=tmp_path / "flagged")
+    assert "best.ckpt was picked" in json.loads((res.run_dir / "metrics.json").read_text())["selection_warning"]

@@ -222,6 +222,23 @@ def train(cfg: Config, out_dir=None, resume: bool = False, extra_callbacks=(), o
         return _train(cfg, run_dir, resume, extra_callbacks)
 
 
+#: below this best validation mean foreground Dice, ``best.ckpt`` was picked among near-zero scores
+UNINFORMATIVE_VAL_DICE = 0.05
+
+
+def uninformative_selection(best_val_dice: float, n_val: int) -> str | None:
+    """Why ``best.ckpt`` says little, or None: when no validation of the run found the fluid its validation B-scans
+    show, the "best" epoch is the one with a few lucky pixels, often an early, barely trained one (seen on Duke
+    with 1 labelled subject: a self-trained student whose every epoch scored 0-0.01 kept its fourth epoch, which
+    scored 0 on test)."""
+    if not best_val_dice < UNINFORMATIVE_VAL_DICE:
+        return None
+    return (f"the best validation mean foreground Dice of the run is {best_val_dice:.3f}: on its {n_val} validation "
+            f"B-scans no epoch found the fluid, so checkpoints/best.ckpt was picked among near-zero scores and may be "
+            f"an early, barely trained epoch; compare checkpoints/last.ckpt, or validate on B-scans that show more "
+            f"of each class")
+
+
 def _train(cfg: Config, run_dir: Path, resume: bool, extra_callbacks) -> TrainResult:
     last = run_dir / "checkpoints" / "last.ckpt"
     if resume:
@@ -292,6 +309,12 @@ def _train(cfg: Config, run_dir: Path, resume: bool, extra_callbacks) -> TrainRe
         best = last
     metrics = {"train_seconds": time.time() - t0, "best_checkpoint": str(best), "epochs": trainer.current_epoch,
                "global_step": trainer.global_step}
+    best_score = next((c.best_model_score for c in trainer.checkpoint_callbacks if c.monitor == "val/mean_fg_dice"),
+                      None)
+    problem = None if best_score is None else uninformative_selection(float(best_score), len(data.parts["val"]))
+    if problem and trainer.is_global_zero:
+        metrics["selection_warning"] = problem
+        warnings.warn(f"{run_dir}: {problem}", stacklevel=2)
     if trainer.is_global_zero:
         metrics["val"] = evaluate_networks(best, data, "val", device=resolve_device("auto"))
         atomic_write_text(run_dir / "metrics.json", json.dumps(metrics, indent=2, default=json_default))
