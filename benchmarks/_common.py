@@ -290,6 +290,16 @@ def print_table(headers, rows) -> None:
         print(line(r))
 
 
+def _own_method_section_only(c) -> None:
+    """Drop from a config dict the option sections of methods other than ``method.name``: a method reads only its
+    own (``build_method``), so another method's defaults changing must not turn a finished run into "other
+    settings" (a supervised run made when ``self_training.strong`` defaulted to true is the same run today)."""
+    method = (c or {}).get("method")
+    if isinstance(method, dict):
+        for k in [k for k, v in method.items() if isinstance(v, dict) and k != method.get("name")]:
+            del method[k]
+
+
 def run_training(cfg, run_dir: Path) -> tuple[Path, Path, dict]:
     """Train one recipe into ``run_dir``: reuse a finished run with the same config, resume an
     interrupted one, refuse a folder holding other settings. Returns (best, last, info)."""
@@ -306,6 +316,7 @@ def run_training(cfg, run_dir: Path) -> tuple[Path, Path, dict]:
         now = json.loads(json.dumps(config_to_dict(cfg)))
         for c in (saved, now):  # the wall-clock cap is a safety net, not a setting of the result
             (c or {}).get("trainer", {}).pop("max_minutes", None)
+            _own_method_section_only(c)
         if saved != now:
             diff = [f"{sec}.{k}: {(saved or {}).get(sec, {}).get(k)!r} -> {v!r}" for sec, vals in now.items()
                     if isinstance(vals, dict) for k, v in vals.items() if (saved or {}).get(sec, {}).get(k) != v]

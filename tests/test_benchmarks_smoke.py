@@ -251,6 +251,29 @@ def test_a_pruned_run_is_reused_and_a_run_without_best_ckpt_trained_again(tiny_p
     assert all(torch.equal(weights[k], retrained[k]) for k in weights)
 
 
+def test_a_finished_run_is_reused_whatever_other_methods_options_say(tiny_prepared, tmp_path, one_thread):
+    """A method reads only its own option section: a supervised run written when another method had other defaults
+    is the same run, and is reused; a change to its own settings is still refused, naming the key."""
+    from conftest import tiny_train_overrides
+
+    from benchmarks._common import run_training
+    from octseg.config import load_config
+
+    def cfg(*extra):
+        return load_config("demo_cpu", tiny_train_overrides(tiny_prepared, **{"trainer.max_epochs": 1,
+                                                                             "trainer.steps_per_epoch": 2}) + list(extra))
+
+    run = tmp_path / "run"
+    best, _, _ = run_training(cfg("method.self_training.strong=true"), run)
+    again, _, info = run_training(cfg("method.self_training.strong=false", "method.fixmatch.threshold=0.5"), run)
+    assert info["reused"] and again == best
+    with pytest.raises(SystemExit, match=r"other settings \(optim.lr: 0.003 -> 0.01"):
+        run_training(cfg("optim.lr=0.01"), run)
+    with pytest.raises(SystemExit, match="other settings"):  # its own method's section still counts
+        run_training(cfg("method.name=self_training", "method.self_training.strong=true"), tmp_path / "st")
+        run_training(cfg("method.name=self_training", "method.self_training.strong=false"), tmp_path / "st")
+
+
 def test_pool_pretrained_variant_pretrains_on_training_volumes_only(tiny_prepared, tmp_path, one_thread):
     """label_efficiency's ``*_mim`` variants: one encoder per workdir, pretrained on the training
     volumes' B-scans only, and the variant's runs start from it."""
