@@ -324,7 +324,7 @@ def main(argv=None) -> int:
     ap.add_argument("--out", type=Path, default=None,
                     help="JSON (default benchmarks/results/label_efficiency.json; _quick with --quick)")
     ap.add_argument("--plot", type=Path, default=None,
-                    help="figure (default benchmarks/results/label_efficiency.png; _quick with --quick)")
+                    help="figure (default: the JSON's name with .png)")
     ap.add_argument("--workdir", type=Path, default=None,
                     help="data and run folders (default runs/bench-label-efficiency[-quick])")
     ap.add_argument("--seeds", type=int, nargs="+", default=None, help="default 0 1 2 (--quick: 0)")
@@ -378,7 +378,7 @@ def main(argv=None) -> int:
     methods = with_teachers(methods)
     suffix = "_quick" if q else ""
     out_json = args.out or REPO / "benchmarks" / "results" / f"label_efficiency{suffix}.json"
-    out_png = args.plot or REPO / "benchmarks" / "results" / f"label_efficiency{suffix}.png"
+    out_png = args.plot or out_json.with_suffix(".png")  # (never another result's figure)
     workdir = (args.workdir or Path("runs") / f"bench-label-efficiency{'-quick' if q else ''}").absolute()
     workdir.mkdir(parents=True, exist_ok=True)
 
