@@ -80,3 +80,10 @@ def test_one_unlabelled_b_scan_or_none_trains_without_pasting():
 
 def test_recipe_key():
     assert load_config("demo_cpu", ["method.mean_teacher.cutmix=true", "data.path=/x"]).method.mean_teacher.cutmix
+
+
+def test_a_bad_value_names_the_key():
+    from octseg.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="method.mean_teacher.cutmix"):
+        load_config("demo_cpu", ["method.mean_teacher.cutmix=sometimes", "data.path=/x"])

@@ -146,6 +146,7 @@ _RULES: list[tuple[str, Rule]] = [
     ("method.mean_teacher.noise_std", NON_NEGATIVE),
     ("method.mean_teacher.consistency_on_labelled", FLAG),
     ("method.mean_teacher.strong", FLAG),
+    ("method.mean_teacher.cutmix", FLAG),
     ("method.fixmatch.threshold", PROBABILITY),
     ("method.fixmatch.weight", NON_NEGATIVE),
     ("method.fixmatch.cutmix", FLAG),
