@@ -6,8 +6,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
-
 from benchmarks._common import (SUPERVISED, ci_text, fmt, mean_sd, mean_teacher_target, paired, print_table,
                                 rank_key, spread, supervised_only)
 from benchmarks._plots import gain_figure
@@ -136,9 +134,8 @@ def evaluate_targets(agg: dict, regimes, methods, n_lab: dict) -> dict:
             print(f"  (tied with {b} on validation, within {VALIDATION_TIE}: " + ", ".join(
                 f"{m} {fmt(g, sign=True)}" for m, g in tied.items()) + ")")
     teachers = [m for m in methods if trained_method(m) == "mean_teacher"]
-    if teachers:  # of several forms (CutMix, strong views, an encoder), the one best on validation, never test
-        mt = max(teachers, key=lambda m: np.mean([rank_key(summary[r][m]["val"]["mean_foreground"]) for r in regimes]))
-        targets["mean_teacher_above_supervised"] = {"variant": mt, **mean_teacher_target(summary, regimes, mt)}
+    if teachers:
+        targets["mean_teacher_above_supervised"] = mean_teacher_target(summary, regimes, teachers, "mean_foreground")
     if reference and "1v" in regimes:
         best1 = max(methods, key=lambda m: rank_key(summary["1v"][m]["val"]["mean_foreground"]))
         got = summary["1v"][best1]["test"]["mean_foreground"]["mean"]

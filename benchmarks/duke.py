@@ -446,9 +446,8 @@ def main(argv=None) -> int:
               f"{TARGET_GAIN[regime]} at {regime} -> {'met' if met else 'NOT met'} (gain {fmt(p['mean'], sign=True)}, "
               f"CI {ci_text(p)})")
     teachers = [m for m in methods if base_method(split_variant(m)[0]) == "mean_teacher"]
-    if teachers:  # several forms or encoders: the one a user would pick, by validation Dice over the regimes, never test
-        mt = max(teachers, key=lambda m: np.mean([rank_key(summary[r][m]["val"]["fluid_dice"]) for r in regimes]))
-        targets["mean_teacher_above_supervised"] = {"variant": mt, **mean_teacher_target(summary, regimes, mt)}
+    if teachers:
+        targets["mean_teacher_above_supervised"] = mean_teacher_target(summary, regimes, teachers, "fluid_dice")
     if q:
         print("(--quick: a smoke run; these figures mean nothing)")
 

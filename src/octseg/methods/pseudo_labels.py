@@ -13,6 +13,12 @@ from octseg.errors import ConfigError
 from octseg.losses import PSEUDO_LABEL_LOSSES, soft_dice_loss
 
 
+def paste(t: torch.Tensor, box: torch.Tensor, partner: torch.Tensor) -> torch.Tensor:
+    """CutMix: ``t`` (N, H, W) or (N, C, H, W) with each item's ``box`` (N, H, W) taken from item ``partner[i]``
+    (``Augmenter.cutmix_boxes`` draws both)."""
+    return torch.where(box if t.dim() == box.dim() else box[:, None], t[partner], t)
+
+
 def strong_view(x: torch.Tensor, targets, valid: torch.Tensor, ctx, cutmix: bool, intensity: bool = True):
     """A strong view of ``x`` (N, 1, H, W) and the targets/validity that go with it: the toolkit's
     strong intensity augmentation (unless not ``intensity``) and, with ``cutmix``, a box pasted from another
@@ -26,9 +32,9 @@ def strong_view(x: torch.Tensor, targets, valid: torch.Tensor, ctx, cutmix: bool
             x = aug.strong(x, ctx.generator)
         if cutmix and x.shape[0] > 1:
             box, perm = aug.cutmix_boxes(x.shape[0], x.shape[-2:], ctx.generator, x.device)
-            x = torch.where(box[:, None], x[perm], x)
-            ts = [torch.where(box, t[perm], t) for t in ts]
-            valid = torch.where(box, valid[perm], valid)
+            x = paste(x, box, perm)
+            ts = [paste(t, box, perm) for t in ts]
+            valid = paste(valid, box, perm)
     return x, (tuple(ts) if many else ts[0]), valid
 
 
