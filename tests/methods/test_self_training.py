@@ -52,6 +52,44 @@ def test_pseudo_labels_are_the_teachers_flip_averaged_prediction_with_its_own_no
         assert torch.equal(plain[valid], teacher(xn).argmax(1)[valid])
 
 
+def test_several_teachers_label_with_their_mean_probability_each_with_its_own_normalisation(tmp_path):
+    """An ensemble teacher (a list of checkpoints, as ``octseg predict`` takes them): the pseudo-label is the argmax of
+    the members' mean flip-averaged probability, each member seeing the input normalised its own way."""
+    other = make_tiny_checkpoint(tmp_path / "other.ckpt", method="supervised", seed=5,
+                                 normalization={"mean": 0.4, "std": 0.3})
+    paths = [str(tiny_teacher()), str(other)]
+    m = _method(teacher=paths)
+    x = torch.rand(3, 1, 64, 64, generator=torch.Generator().manual_seed(1))
+    target, _ = m.teacher_targets(x, _ctx())
+    probs = 0
+    with torch.no_grad():
+        for p in paths:
+            net, meta = load_network(p)
+            xn = (x - meta["normalization"]["mean"]) / meta["normalization"]["std"]
+            probs = probs + 0.25 * (net(xn).softmax(1) + net(xn.flip(-1)).softmax(1).flip(-1))
+    assert (target == probs.argmax(1)).float().mean() > 0.999  # (float rounding may flip a tie)
+    singles = [_method(teacher=p).teacher_targets(x, _ctx())[0] for p in paths]
+    assert not torch.equal(singles[0], singles[1]) and not torch.equal(target, singles[1])  # the members disagree
+    # given as one comma-separated override, as the benchmarks pass it
+    cfg = load_config(None, ["method.name=self_training", f"method.self_training.teacher=[{paths[0]},{paths[1]}]"])
+    assert cfg.method.self_training.teacher == paths
+    with pytest.raises(ConfigError, match="no such checkpoint file"):
+        load_config(None, ["method.name=self_training", f"method.self_training.teacher=[{paths[0]},{tmp_path}/x.ckpt]"])
+    with pytest.raises(ConfigError, match="a folder without cv.json"):
+        load_config(None, ["method.name=self_training", f"method.self_training.teacher={tmp_path}"])
+    # an octseg cv folder teaches as the ensemble of its folds
+    import json
+    import shutil
+
+    cv = tmp_path / "cv"
+    cv.mkdir()
+    for i, p in enumerate(paths):
+        shutil.copy(p, cv / f"fold{i}.ckpt")
+    (cv / "cv.json").write_text(json.dumps({"format": 1, "checkpoints": ["fold0.ckpt", "fold1.ckpt"]}))
+    cfg = load_config(None, ["method.name=self_training", f"method.self_training.teacher={cv}"])
+    assert torch.equal(_method(teacher=cfg.method.self_training.teacher).teacher_targets(x, _ctx())[0], target)
+
+
 def test_threshold_keeps_only_confident_pixels():
     m = _method(threshold=1.0)
     x_l, x_u = torch.rand(2, 1, 64, 64), torch.rand(2, 1, 64, 64)

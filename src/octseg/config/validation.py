@@ -167,7 +167,9 @@ _RULES: list[tuple[str, Rule]] = [
     ("method.bcp.unlabelled_weight", NON_NEGATIVE),
     ("method.bcp.ema_decay", PROBABILITY),
     ("method.bcp.weight", NON_NEGATIVE),
-    ("method.self_training.teacher", text(empty=True)),  # a checkpoint file when method.name=self_training
+    ("method.self_training.teacher",  # checkpoint file(s) or a CV folder when method.name=self_training
+     Rule(lambda v: isinstance(v, str) or (isinstance(v, list) and all(isinstance(p, str) for p in v)),
+          "a checkpoint path or a list of them")),
     ("method.self_training.threshold", PROBABILITY),
     ("method.self_training.flip", FLAG),
     ("method.self_training.weight", NON_NEGATIVE),

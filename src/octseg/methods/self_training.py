@@ -3,7 +3,10 @@ Semi-supervised Semantic Segmentation", CVPR 2022) and Noisy Student (Xie et al.
 
 * Teacher: a model trained before this run (``teacher``: an octseg checkpoint, usually the supervised model
   of the same labelled B-scans), frozen: eval mode, no gradient, its own intensity normalisation, never
-  saved with this run's checkpoints (the config names its file).
+  saved with this run's checkpoints (the config names its file). Several checkpoints, or an ``octseg cv``
+  folder, teach as one ensemble: their mean class probability (as ``octseg predict`` runs them, each member
+  with its own normalisation) - a better labeller than any one of them, at no cost to the student's step
+  beyond the extra forwards.
 * Pseudo-labels: the teacher's prediction on the weak view of each unlabelled B-scan, averaged with its
   prediction on the horizontally flipped view (``flip``, on by default); a pixel counts when its top class
   probability is at least ``threshold`` (0 by default: every pixel, as ST++) and the weak view did not pull
@@ -25,8 +28,9 @@ first step; the price is a second training run (the teacher's).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Union
 
 import torch
 from torch import nn
@@ -40,11 +44,12 @@ from octseg.methods.pseudo_labels import (check_unsup_loss, confident_targets, p
 
 @dataclass
 class SelfTrainingConfig:
-    """``method.self_training.*``: the teacher checkpoint, confidence threshold, flip averaging of the
-    teacher, unlabelled loss weight and kind, CutMix on/off, and whether the student's view also gets the strong
-    intensity augmentation (``strong``; off by default: the weak view, with CutMix if on)."""
+    """``method.self_training.*``: the teacher checkpoint(s) (several, or a CV folder: an ensemble), confidence
+    threshold, flip averaging of the teacher, unlabelled loss weight and kind, CutMix on/off, and whether the
+    student's view also gets the strong intensity augmentation (``strong``; off by default: the weak view, with
+    CutMix if on)."""
 
-    teacher: str = ""
+    teacher: list[str] = field(default_factory=list)
     threshold: float = 0.0
     flip: bool = True
     weight: float = 1.0
@@ -63,28 +68,40 @@ def _io_channels(net: nn.Module) -> tuple[int, int]:
 TEACHER_KEY = "method.self_training.teacher"
 
 
-def teacher_problem(path: str) -> str | None:
-    """Why ``path`` cannot be the teacher checkpoint, or None (checked when the config is validated)."""
-    if not str(path).strip():
+def teacher_paths(value: Union[str, list]) -> list[str]:
+    """The teacher setting as a list of paths (a config file or a test may give one string)."""
+    return [value] if isinstance(value, str) and value.strip() else [str(v) for v in value or [] if str(v).strip()]
+
+
+def teacher_problem(value: Union[str, list]) -> str | None:
+    """Why ``value`` (one path or several) cannot be the teacher, or None (checked when the config is validated)."""
+    paths = teacher_paths(value)
+    if not paths:
         return (f"{TEACHER_KEY} is empty: give the checkpoint of a model trained on the labelled B-scans "
-                f"(e.g. runs/<supervised run>/checkpoints/best.ckpt)")
-    if not Path(path).is_file():
-        return f"{TEACHER_KEY}={path!r}: no such checkpoint file"
+                f"(e.g. runs/<supervised run>/checkpoints/best.ckpt), several, or an octseg cv folder")
+    for path in paths:
+        if Path(path).is_dir() and not (Path(path) / "cv.json").is_file():
+            return f"{TEACHER_KEY}={path!r}: a folder without cv.json; give a checkpoint file or an octseg cv folder"
+        if not Path(path).exists():
+            return f"{TEACHER_KEY}={path!r}: no such checkpoint file"
     return None
 
 
-def load_teacher(path: str, student: nn.Module) -> tuple[nn.Module, dict]:
-    """The frozen teacher network of checkpoint ``path`` and its normalisation; a clear error when the
-    file is missing or the teacher does not predict the student's classes from the student's input."""
-    from octseg.checkpoint import load_network
+def load_teacher(value: Union[str, list], student: nn.Module) -> tuple[nn.Module, dict]:
+    """The frozen teacher network of checkpoint(s) ``value`` (several, or a CV folder: one ensemble whose output
+    is the log of the members' mean probability) and its input normalisation; a clear error when a file is
+    missing or the teacher does not predict the student's classes from the student's input."""
+    from octseg.inference.ensemble import load_models  # (the same loading as octseg predict: one rule for ensembles)
 
-    problem = teacher_problem(path)
+    problem = teacher_problem(value)
     if problem:
         raise ConfigError(problem)
-    net, meta = load_network(path)
+    paths = teacher_paths(value)
+    net, meta, _ = load_models(paths if len(paths) > 1 else paths[0])
     for what, t, s in zip(("input channels (2.5D context)", "classes"), _io_channels(net), _io_channels(student)):
         if t != s:
-            raise ConfigError(f"{TEACHER_KEY}={path!r}: the teacher has {t} {what}, the model being trained {s}")
+            raise ConfigError(f"{TEACHER_KEY}={', '.join(paths)}: the teacher has {t} {what}, the model being "
+                              f"trained {s}")
     for p in net.parameters():
         p.requires_grad_(False)
     return net.eval(), dict(meta["normalization"])
