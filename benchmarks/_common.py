@@ -119,6 +119,9 @@ SSL_TUNING = {
     # here, kept the student below its teacher)
     "self_training_strong": ("self_training", ["method.self_training.strong=true"]),
     "self_training_weak": ("self_training", ["method.self_training.strong=false"]),
+    # the same, taught by an ensemble: the supervised models from the student's encoder and from scratch (benchmarks
+    # that name encoders, ENSEMBLE_TEACHERS)
+    "self_training_weak_ens": ("self_training", ["method.self_training.strong=false"]),
     # Mean Teacher's consistency (MSE between softmax maps) at 10 times the recipes' weight, with CutMix views
     "mean_teacher_cutmix_w10": ("mean_teacher", ["method.mean_teacher.cutmix=true",
                                                  "method.mean_teacher.consistency_weight=10"]),
@@ -205,14 +208,21 @@ def method_overrides(name: str) -> list:
 #: whose run with the same seed (rotation) and labelled B-scans is that teacher: self-training's teacher is the
 #: supervised model of the same labels, from the same initialisation as the student.
 TEACHER_OF = {"self_training": "supervised"}
+#: Variants taught by the ensemble of TEACHER_OF's run from their own encoder and the same method's run from scratch.
+ENSEMBLE_TEACHERS = {"self_training_weak_ens"}
 
 
-def teacher_override(teacher_run: Path) -> str:
-    """``method.self_training.teacher=`` the best checkpoint of the finished run in ``teacher_run``."""
-    metrics = teacher_run / "metrics.json"
-    if not metrics.is_file():
-        raise SystemExit(f"{teacher_run}: the teacher run has not finished (no metrics.json); it trains first")
-    return f"method.self_training.teacher={json.loads(metrics.read_text())['best_checkpoint']}"
+def teacher_override(teacher_runs) -> str:
+    """``method.self_training.teacher=`` the best checkpoint of the finished run in ``teacher_runs`` (one folder), or
+    the list of them (several: an ensemble teacher)."""
+    runs = [teacher_runs] if isinstance(teacher_runs, (str, Path)) else list(teacher_runs)
+    best = []
+    for run in map(Path, runs):
+        metrics = run / "metrics.json"
+        if not metrics.is_file():
+            raise SystemExit(f"{run}: the teacher run has not finished (no metrics.json); it trains first")
+        best.append(json.loads(metrics.read_text())["best_checkpoint"])
+    return f"method.self_training.teacher={best[0] if len(best) == 1 else '[' + ','.join(best) + ']'}"
 
 
 def spread(values) -> dict:
@@ -253,6 +263,22 @@ def rank_key(s) -> float:
     """A ``spread``'s mean for choosing the best (on validation): -inf where there is none."""
     m = s.get("mean")
     return -np.inf if m is None or not np.isfinite(m) else float(m)
+
+
+#: validation means closer than this to the best one's are a tie: the pick among them is reported as a coin toss
+VALIDATION_TIE = 0.001
+
+
+def validation_ties(by_method: dict, best: str, candidates, val_metric: str, target: dict) -> None:
+    """Where another candidate's validation ``val_metric`` is within ``VALIDATION_TIE`` of ``best``'s, the pick is a
+    coin toss: record each tied one's paired gain in ``target["tied_on_validation"]`` and print them."""
+    best_val = rank_key(by_method[best]["val"][val_metric])
+    tied = {m: by_method[m]["vs_best_supervised"]["mean"] for m in candidates
+            if m != best and best_val - rank_key(by_method[m]["val"][val_metric]) < VALIDATION_TIE}
+    if tied:
+        target["tied_on_validation"] = tied
+        print(f"  (tied with {best} on validation, within {VALIDATION_TIE}: " + ", ".join(
+            f"{m} {fmt(g, sign=True)}" for m, g in tied.items()) + ")")
 
 
 def mean_teacher_target(summary: dict, regimes, forms: list, val_metric: str) -> dict:

@@ -7,7 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from benchmarks._common import (SUPERVISED, ci_text, fmt, mean_sd, mean_teacher_target, paired, print_table,
-                                rank_key, spread, supervised_only)
+                                rank_key, spread, supervised_only, validation_ties)
 from benchmarks._plots import gain_figure
 from benchmarks._pool_pretrain import trained_method
 
@@ -15,8 +15,6 @@ REFERENCE = "all"      # supervised with every training volume labelled, one run
 TARGET_GAIN = 0.05     # best semi-supervised over best supervised at 1v and 2v
 TARGET_GAIN_REGIMES = ("1v", "2v")
 STRETCH_FRACTION = 0.9  # best method at 1v vs supervised with all volumes labelled
-#: validation means closer than this to the best one's are a tie: its pick among them is reported as a coin toss
-VALIDATION_TIE = 0.001
 PLATEAU = 0.01         # rise of validation Dice over the last quarter below which supervised "has converged"
 
 
@@ -126,13 +124,7 @@ def evaluate_targets(agg: dict, regimes, methods, n_lab: dict) -> dict:
         print(f"Target: best semi-supervised ({b}, chosen on validation) >= best supervised ({baseline[regime]}) + "
               f"{TARGET_GAIN} at {regime}, 95 % CI > 0 -> {'met' if met else 'NOT met'} "
               f"(gain {fmt(p['mean'], sign=True)}, CI {ci_text(p)})")
-        best_val = rank_key(summary[regime][b]["val"]["mean_foreground"])
-        tied = {m: summary[regime][m]["vs_best_supervised"]["mean"] for m in semi if m != b
-                and best_val - rank_key(summary[regime][m]["val"]["mean_foreground"]) < VALIDATION_TIE}
-        if tied:  # the pick between these is a coin toss: say so, with what each would have given
-            targets[key]["tied_on_validation"] = tied
-            print(f"  (tied with {b} on validation, within {VALIDATION_TIE}: " + ", ".join(
-                f"{m} {fmt(g, sign=True)}" for m, g in tied.items()) + ")")
+        validation_ties(summary[regime], b, semi, "mean_foreground", targets[key])
     teachers = [m for m in methods if trained_method(m) == "mean_teacher"]
     if teachers:
         targets["mean_teacher_above_supervised"] = mean_teacher_target(summary, regimes, teachers, "mean_foreground")

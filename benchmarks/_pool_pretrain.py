@@ -4,8 +4,8 @@ method fine-tuned from an encoder pretrained on the B-scans of every training vo
 labels (the labelled volumes' images too; never a validation or test volume), once per workdir and
 shared by every seed. The name says the encoder (``supervised_mim``: masked-image modelling, ``POOL_PRETRAIN`` steps;
 ``supervised_mim3k``: the same objective for three times as many steps; ``unimatch_mim_t0.8``: the variant
-``unimatch_t0.8`` from the ``mim`` encoder). Self-training variants also name the run that teaches them
-(``teacher_of``), which trains first (``with_teachers``, ``teacher_depth``)."""
+``unimatch_t0.8`` from the ``mim`` encoder). Self-training variants also name the run(s) that teach them
+(``teachers_of``; several: an ensemble teacher), which train first (``with_teachers``, ``teacher_depth``)."""
 
 from __future__ import annotations
 
@@ -25,10 +25,14 @@ POOL_PRETRAINED = {"supervised_mim": ("supervised", "mim"), "fixmatch_mim": ("fi
                    "fixmatch_t0.6_mim": ("fixmatch_t0.6", "mim"), "selftrain_mim": ("self_training_strong", "mim"),
                    "selftrain_weak_mim": ("self_training_weak", "mim"),
                    "selftrain2_weak_mim": ("self_training_weak", "mim"),
+                   "selftrain_ens_weak_mim": ("self_training_weak", "mim"),
                    "mean_teacher_cutmix_mim": ("mean_teacher_cutmix", "mim")}
-# variant -> the variant whose run (same seed and labels) teaches it, where that is not TEACHER_OF's choice: a second
-# round of self-training learns from the first round's student (Noisy Student's iteration)
-POOL_TEACHERS = {"selftrain2_weak_mim": "selftrain_weak_mim"}
+# variant -> the variants whose runs (same seed and labels) teach it, where that is not TEACHER_OF's choice: a second
+# round of self-training learns from the first round's student (Noisy Student's iteration); an ensemble teacher is
+# the mean probability of the seed's two supervised models, from the pool encoder and from scratch (both trained
+# anyway as baselines, so it costs no extra training run)
+POOL_TEACHERS = {"selftrain2_weak_mim": ("selftrain_weak_mim",),
+                 "selftrain_ens_weak_mim": ("supervised_mim", "supervised")}
 POOL_PRETRAIN = {"steps": 1000, "batch": 8}
 # encoder key -> (``octseg pretrain`` objective, its steps; the quick run takes QUICK_PRETRAIN's whatever the key)
 POOL_ENCODERS = {"mim": ("mim", POOL_PRETRAIN["steps"]), "denoise": ("denoise", POOL_PRETRAIN["steps"]),
@@ -114,28 +118,29 @@ def trained_method(method: str) -> str:
     return base_method(POOL_PRETRAINED.get(method, (method, None))[0])
 
 
-def teacher_of(method: str):
-    """The benchmark method whose run (same seed, same labelled volumes) is ``method``'s teacher, or None:
+def teachers_of(method: str) -> tuple:
+    """The benchmark methods whose runs (same seed, same labelled volumes) teach ``method``, () for none:
     ``self_training`` learns from ``supervised``, ``selftrain_mim`` from ``supervised_mim`` (same encoder), a second
-    round (``POOL_TEACHERS``) from the first round's student."""
+    round and an ensemble teacher as ``POOL_TEACHERS`` says."""
     if method in POOL_TEACHERS:
         return POOL_TEACHERS[method]
     base, key = POOL_PRETRAINED.get(method, (method, None))
     teacher = TEACHER_OF.get(base_method(base))
-    if teacher is None or key is None:
-        return teacher
-    return next(m for m, (b, k) in POOL_PRETRAINED.items() if b == teacher and k == key)
+    if teacher is None:
+        return ()
+    if key is None:
+        return (teacher,)
+    return (next(m for m, (b, k) in POOL_PRETRAINED.items() if b == teacher and k == key),)
 
 
 def teacher_depth(method: str) -> int:
-    """0 for a method without a teacher, else one more than its teacher's: the stage it trains in."""
-    teacher = teacher_of(method)
-    return 0 if teacher is None else 1 + teacher_depth(teacher)
+    """0 for a method without a teacher, else one more than its deepest teacher's: the stage it trains in."""
+    return max((1 + teacher_depth(t) for t in teachers_of(method)), default=0)
 
 
 def with_teachers(methods: list) -> list:
     """``methods`` with the supervised baselines and every teacher (and teacher's teacher) they need, teachers
     before their students, the order kept otherwise."""
-    while any(teacher_of(m) and teacher_of(m) not in methods for m in methods):
-        methods = list(dict.fromkeys([*filter(None, map(teacher_of, methods)), *methods]))
+    while any(t not in methods for m in methods for t in teachers_of(m)):
+        methods = list(dict.fromkeys([*(t for m in methods for t in teachers_of(m)), *methods]))
     return sorted(dict.fromkeys([*SUPERVISED, *methods]), key=teacher_depth)

@@ -16,7 +16,8 @@ subjects. Every method of ``octseg.methods`` plus ``supervised_strong`` (supervi
 augmentation) runs on the same split, seed and labelled augmentation (paired runs); each is
 compared with the better supervised baseline of its regime, chosen on validation Dice (mean over
 rotations), never on the test subject. ``self_training[@ENCODER]`` learns from a frozen teacher: the same
-rotation's ``supervised[@ENCODER]`` run, added to the plan and trained before it.
+rotation's ``supervised[@ENCODER]`` run, added to the plan and trained before it;
+``self_training_weak_ens@ENCODER`` from the ensemble of that run and ``supervised@scratch`` (their mean probability).
 
 Recipe: ``configs/duke.yaml`` (2 classes, dice+CE, AdamW cosine, flips and small affine) with its own
 ResNet18 U-Net (the label-efficiency benchmark's ``MODEL`` overrides, none today) at ``--size``
@@ -66,10 +67,11 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-from benchmarks._common import (SUPERVISED, TEACHER_OF, add_keep_last, all_methods, base_method,  # noqa: E402
-                                ci_text, encoder_variants, fmt, mean_sd, mean_teacher_target, method_overrides,
+from benchmarks._common import (ENSEMBLE_TEACHERS, SUPERVISED, TEACHER_OF, add_keep_last, all_methods,  # noqa: E402
+                                base_method, ci_text, encoder_variants, fmt, mean_sd, mean_teacher_target, method_overrides,
                                 named_methods, paired, print_table, prune_last, quiet_lightning, rank_key,
-                                run_training, save_split, spread, supervised_only, teacher_override, write_results)
+                                run_training, save_split, spread, supervised_only, teacher_override,
+                                validation_ties, write_results)
 from benchmarks._plots import gain_figure, replot  # noqa: E402
 from benchmarks.label_efficiency import MODEL  # noqa: E402
 
@@ -96,12 +98,18 @@ def split_variant(name: str) -> tuple[str, str | None]:
     return method, (encoder if sep else None)
 
 
-def teacher_of(name: str):
-    """The benchmark method whose run (same rotation and labels) teaches ``name``, or None: ``self_training@mim``
-    learns from ``supervised@mim``, a bare ``self_training`` from ``supervised``."""
+def teachers_of(name: str) -> tuple:
+    """The benchmark methods whose runs (same rotation and labels) teach ``name``, () for none:
+    ``self_training@mim`` learns from ``supervised@mim``, a bare ``self_training`` from ``supervised``; a variant of
+    ``ENSEMBLE_TEACHERS`` (``self_training_weak_ens@synthetic``) from the ensemble of that and
+    ``supervised@scratch``."""
     method, encoder = split_variant(name)
     teacher = TEACHER_OF.get(base_method(method))
-    return None if teacher is None else teacher if encoder is None else f"{teacher}@{encoder}"
+    if teacher is None:
+        return ()
+    own = teacher if encoder is None else f"{teacher}@{encoder}"
+    scratch = f"{teacher}@scratch"
+    return (own, scratch) if method in ENSEMBLE_TEACHERS and encoder not in (None, "scratch") else (own,)
 
 
 def pretrained_on_unlabelled(path: Path) -> bool:
@@ -275,7 +283,7 @@ def main(argv=None) -> int:
     except ValueError as exc:
         ap.error(str(exc))
     methods = list(dict.fromkeys(args.methods or (QUICK["methods"] if q else all_methods())))
-    methods = list(dict.fromkeys([*filter(None, map(teacher_of, methods)), *methods]))  # teachers train first
+    methods = list(dict.fromkeys([*(t for m in methods for t in teachers_of(m)), *methods]))  # teachers train first
     for m in methods:
         method, encoder = split_variant(m)
         if method not in known:
@@ -349,9 +357,9 @@ def main(argv=None) -> int:
         run_dir = workdir / f"r{k}-{regime}" / method
         method_name, encoder = split_variant(method)
         weights = [] if encoder is None else [f"model.encoder_weights={encoders[encoder] or 'none'}"]
-        teacher = teacher_of(method)
-        if teacher:
-            weights.append(teacher_override(run_dir.parent / teacher))
+        teachers = [run_dir.parent / t for t in teachers_of(method)]
+        if teachers:
+            weights.append(teacher_override(teachers))
         cfg = load_config(RECIPE, [f"data.path={ds.path}", f"data.size=[{size[0]},{size[1]}]", f"data.split={split}",
                                    *MODEL, *method_overrides(method_name), f"seed={args.seed}",
                                    f"data.extra_unlabelled=[{','.join(extra)}]",
@@ -445,6 +453,7 @@ def main(argv=None) -> int:
         print(f"Target: best semi-supervised ({b}, chosen on validation) >= best supervised ({baseline[regime]}) + "
               f"{TARGET_GAIN[regime]} at {regime} -> {'met' if met else 'NOT met'} (gain {fmt(p['mean'], sign=True)}, "
               f"CI {ci_text(p)})")
+        validation_ties(summary[regime], b, semi, "fluid_dice", targets[f"semi_gain_at_{regime}"])
     teachers = [m for m in methods if base_method(split_variant(m)[0]) == "mean_teacher"]
     if teachers:
         targets["mean_teacher_above_supervised"] = mean_teacher_target(summary, regimes, teachers, "fluid_dice")

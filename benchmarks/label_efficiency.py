@@ -29,7 +29,8 @@ semi-supervised ones (``_pool_pretrain.POOL_PRETRAINED``, by name only): ``super
 ``selftrain_[weak_]mim`` learn from a frozen teacher (``_common.TEACHER_OF``): the same seed's ``supervised`` (from
 scratch) or ``supervised_mim`` run, added to the plan and trained first (``selftrain_mim``: student on strong views,
 ``selftrain_weak_mim``: on the weak view, the method's default; ``selftrain2_weak_mim``: a second round, taught by
-the first round's student). The supervised controls of
+the first round's student; ``selftrain_ens_weak_mim``: taught by the ensemble of the seed's ``supervised_mim`` and
+``supervised`` runs, their mean probability). The supervised controls of
 ``_common.STRONG_ABLATIONS`` (by name only; never a baseline, never "semi-supervised") train supervised
 with the strong augmentation less one of its parts, or at half strength. The knobs of
 ``_common.SSL_TUNING`` (by name only) train FixMatch and UniMatch with threshold 0.8 or 0.6, or 12
@@ -106,7 +107,7 @@ from benchmarks._label_efficiency_report import (REFERENCE, aggregate, evaluate_
                                                  plot_results, print_tables)
 from benchmarks._plots import replot  # noqa: E402
 from benchmarks._pool_pretrain import (POOL_PRETRAINED, overrides_of, pool_encoder, teacher_depth,  # noqa: E402
-                                       teacher_of, with_teachers)
+                                       teachers_of, with_teachers)
 
 RECIPE = "demo_cpu"
 # The recipe's network (U-Net ResNet18, decoder 256-...-16) at 96x96. Lighter networks were measured and
@@ -413,12 +414,12 @@ def main(argv=None) -> int:
         runs.append((seed, regime, method, lab, split, workdir / f"n{len(lab)}-s{seed}" / method))
 
     def config_of(seed, method, lab, split, run_dir):
-        """A run's config, made when it is about to train: a student's names its teacher's finished checkpoint."""
-        teacher = teacher_of(method)
+        """A run's config, made when it is about to train: a student's names its teachers' finished checkpoints."""
+        teachers = [run_dir.parent / t for t in teachers_of(method)]
         return run_config(ds, split, overrides_of(method, encoders), seed, epochs, steps,
                           f"le-n{len(lab)}-s{seed}-{method}",
                           [f"trainer.max_minutes={args.minutes}", *args.overrides,
-                           *([teacher_override(run_dir.parent / teacher)] if teacher else [])])
+                           *([teacher_override(teachers)] if teachers else [])])
 
     if args.jobs > 1:  # train in parallel (teachers before their students); the loop below then scores them
         for depth in range(max(map(teacher_depth, methods)) + 1):

@@ -427,16 +427,20 @@ def test_self_training_learns_from_the_teacher_run_of_its_own_labels(tiny_prepar
     from benchmarks._common import run_training, teacher_override
     from octseg.config import load_config
 
-    assert label_efficiency.teacher_of("self_training") == "supervised"
-    assert label_efficiency.teacher_of("selftrain_mim") == "supervised_mim"
-    assert label_efficiency.teacher_of("fixmatch_t0.6_mim") is None and label_efficiency.teacher_of("supervised") is None
-    assert label_efficiency.teacher_of("selftrain2_weak_mim") == "selftrain_weak_mim"  # a second round
-    assert [label_efficiency.teacher_depth(m) for m in ("supervised_mim", "selftrain_weak_mim", "selftrain2_weak_mim")] \
-        == [0, 1, 2]
+    teachers_of = label_efficiency.teachers_of
+    assert teachers_of("self_training") == ("supervised",) and teachers_of("selftrain_mim") == ("supervised_mim",)
+    assert teachers_of("fixmatch_t0.6_mim") == () and teachers_of("supervised") == ()
+    assert teachers_of("selftrain2_weak_mim") == ("selftrain_weak_mim",)  # a second round
+    assert teachers_of("selftrain_ens_weak_mim") == ("supervised_mim", "supervised")  # an ensemble teacher
+    assert [label_efficiency.teacher_depth(m) for m in ("supervised_mim", "selftrain_weak_mim", "selftrain2_weak_mim",
+                                                        "selftrain_ens_weak_mim")] == [0, 1, 2, 1]
     assert label_efficiency.with_teachers(["selftrain2_weak_mim", "fixmatch"]) == [
         "supervised", "supervised_strong", "supervised_mim", "fixmatch", "selftrain_weak_mim", "selftrain2_weak_mim"]
-    assert duke.teacher_of("self_training@mim") == "supervised@mim" and duke.teacher_of("self_training") == "supervised"
-    assert duke.teacher_of("fixmatch@mim") is None
+    assert label_efficiency.with_teachers(["selftrain_ens_weak_mim"]) == [
+        "supervised", "supervised_strong", "supervised_mim", "selftrain_ens_weak_mim"]
+    assert duke.teachers_of("self_training@mim") == ("supervised@mim",)
+    assert duke.teachers_of("self_training") == ("supervised",) and duke.teachers_of("fixmatch@mim") == ()
+    assert duke.teachers_of("self_training_weak_ens@synthetic") == ("supervised@synthetic", "supervised@scratch")
     with pytest.raises(SystemExit, match="teacher run has not finished"):
         teacher_override(tmp_path / "supervised")
 
@@ -447,6 +451,11 @@ def test_self_training_learns_from_the_teacher_run_of_its_own_labels(tiny_prepar
     cfg = load_config("demo_cpu", base + ["method.name=self_training", override])
     best, _, info = run_training(cfg, tmp_path / "self_training")
     assert best.is_file() and info["global_step"] == 2
+    # two teacher runs: one ensemble teacher, both checkpoints named
+    ensemble = teacher_override([tmp_path / "supervised", tmp_path / "self_training"])
+    assert ensemble == f"method.self_training.teacher=[{teacher_best},{best}]"
+    cfg = load_config("demo_cpu", base + ["method.name=self_training", ensemble])
+    assert cfg.method.self_training.teacher == [str(teacher_best), str(best)]
 
 
 def test_mean_teacher_target_reads_the_form_best_on_validation(capsys):
