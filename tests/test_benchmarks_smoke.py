@@ -493,3 +493,40 @@ def test_a_tie_on_validation_is_reported_with_what_each_pick_would_give(capsys):
     assert gain == agg["summary"]["2v"][other]["vs_best_supervised"]["mean"]
     assert "tied_on_validation" not in targets["semi_gain_at_1v"]
     assert f"tied with {at2['best_semi']} on validation" in capsys.readouterr().out
+
+
+def test_teacher_agreement_names_a_workdir_without_a_pool(tmp_path, capsys):
+    """The ensemble-teacher diagnostic refuses a folder that holds no pool B-scans, naming it."""
+    from benchmarks import teacher_agreement
+
+    with pytest.raises(SystemExit):
+        teacher_agreement.main([str(tmp_path)])
+    assert "pretrain-pool" in capsys.readouterr().err
+
+
+def test_teacher_agreement_of_a_teacher_with_itself_is_total(tmp_path, capsys):
+    """Two runs holding the same checkpoint agree everywhere (IoU 1 where either calls fluid, nothing changed);
+    two different networks do not."""
+    import json
+
+    import numpy as np
+    from conftest import make_tiny_checkpoint
+    from PIL import Image
+
+    from benchmarks import teacher_agreement
+
+    pool = tmp_path / "pretrain-pool" / "images"
+    pool.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for i in range(3):
+        Image.fromarray(rng.integers(0, 255, (64, 64), dtype=np.uint8)).save(pool / f"b{i}.png")
+    for name, seed in (("a", 1), ("b", 1), ("c", 2)):
+        run = tmp_path / "n2-s0" / name
+        run.mkdir(parents=True)
+        ckpt = make_tiny_checkpoint(run / "best.ckpt", method="supervised", seed=seed)
+        (run / "metrics.json").write_text(json.dumps({"best_checkpoint": str(ckpt)}))
+    teacher_agreement.main([str(tmp_path), "--seeds", "0", "--members", "a", "b"])
+    same = capsys.readouterr().out
+    assert "changed on 0.00 % of pixels" in same and "fluid IoU 1.000" in same
+    teacher_agreement.main([str(tmp_path), "--seeds", "0", "--members", "a", "c"])
+    assert "fluid IoU 1.000" not in capsys.readouterr().out
