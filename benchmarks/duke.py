@@ -68,8 +68,8 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 from benchmarks._common import (ENSEMBLE_TEACHERS, SUPERVISED, TEACHER_OF, add_keep_last, all_methods,  # noqa: E402
-                                base_method, ci_text, encoder_variants, fmt, mean_sd, mean_teacher_target, method_overrides,
-                                named_methods, paired, print_table, prune_last, quiet_lightning, rank_key,
+                                base_method, ci_text, encoder_variants, fmt, mean_sd, mean_teacher_target,
+                                method_overrides, named_methods, paired, print_table, prune_last, quiet_lightning, rank_key,
                                 run_training, save_split, spread, supervised_only, teacher_override,
                                 validation_ties, write_results)
 from benchmarks._plots import gain_figure, replot  # noqa: E402
