@@ -530,3 +530,38 @@ def test_teacher_agreement_of_a_teacher_with_itself_is_total(tmp_path, capsys):
     assert "changed on 0.00 % of pixels" in same and "fluid IoU 1.000" in same
     teacher_agreement.main([str(tmp_path), "--seeds", "0", "--members", "a", "c"])
     assert "fluid IoU 1.000" not in capsys.readouterr().out
+
+
+def test_fluid_share_reports_every_subject_and_pool_with_its_graded_share(tiny_prepared, tmp_path, capsys):
+    """The Duke erosion diagnostic: one line per finished run, every volume of the prepared data with its graded
+    non-background share (as the masks give it) and every unlabelled pool of the run's config."""
+    import json
+
+    import numpy as np
+    from conftest import make_tiny_checkpoint
+
+    from benchmarks import fluid_share
+    from octseg.config import load_config, save_config
+    from octseg.data.prepared import PreparedDataset
+
+    rotation = tmp_path / "r1-2s"
+    for name, seed in (("supervised", 1), ("self_training", 2)):
+        run = rotation / name
+        run.mkdir(parents=True)
+        ckpt = make_tiny_checkpoint(run / "best.ckpt", method="supervised", seed=seed)
+        (run / "metrics.json").write_text(json.dumps({"best_checkpoint": str(ckpt)}))
+        save_config(load_config(None, [f"data.path={tiny_prepared}", f"data.extra_unlabelled=[{tiny_prepared}]"]),
+                    run / "config.yaml")
+    (rotation / "unfinished").mkdir()  # no metrics.json: not a run to read
+    fluid_share.main([str(rotation)])
+    out = capsys.readouterr().out.splitlines()
+    assert [line.split(":")[0].strip() for line in out[1:]] == ["self_training", "supervised"]
+    ds = PreparedDataset(tiny_prepared)
+    subject = np.array([s.volume for s in ds.slices])
+    for v in sorted(set(subject)):
+        m = np.asarray(ds.masks)[subject == v]
+        graded = 100 * ((m > 0) & (m != 255)).mean()
+        assert f"{v} (graded {graded:.2f} %)" in out[1]
+    assert f"{tiny_prepared.name} " in out[1]  # the unlabelled pool
+    with pytest.raises(SystemExit):
+        fluid_share.main([str(tmp_path / "r1-2s" / "unfinished")])
