@@ -208,7 +208,8 @@ def method_overrides(name: str) -> list:
 #: whose run with the same seed (rotation) and labelled B-scans is that teacher: self-training's teacher is the
 #: supervised model of the same labels, from the same initialisation as the student.
 TEACHER_OF = {"self_training": "supervised"}
-#: Variants taught by the ensemble of TEACHER_OF's run from their own encoder and the same method's run from scratch.
+#: Variants taught by the ensemble of TEACHER_OF's run from their own encoder and the same method's run from scratch
+#: (duke: ``self_training_weak_ens@ENCODER``; label_efficiency: ``selftrain_ens_weak_mim``).
 ENSEMBLE_TEACHERS = {"self_training_weak_ens"}
 
 

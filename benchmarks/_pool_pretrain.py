@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks._common import SUPERVISED, TEACHER_OF, base_method, method_overrides
+from benchmarks._common import ENSEMBLE_TEACHERS, SUPERVISED, TEACHER_OF, base_method, method_overrides
 
 # variant -> (method or variant it fine-tunes, encoder key of POOL_ENCODERS)
 POOL_PRETRAINED = {"supervised_mim": ("supervised", "mim"), "fixmatch_mim": ("fixmatch", "mim"),
@@ -25,14 +25,13 @@ POOL_PRETRAINED = {"supervised_mim": ("supervised", "mim"), "fixmatch_mim": ("fi
                    "fixmatch_t0.6_mim": ("fixmatch_t0.6", "mim"), "selftrain_mim": ("self_training_strong", "mim"),
                    "selftrain_weak_mim": ("self_training_weak", "mim"),
                    "selftrain2_weak_mim": ("self_training_weak", "mim"),
-                   "selftrain_ens_weak_mim": ("self_training_weak", "mim"),
+                   "selftrain_ens_weak_mim": ("self_training_weak_ens", "mim"),
                    "mean_teacher_cutmix_mim": ("mean_teacher_cutmix", "mim")}
 # variant -> the variants whose runs (same seed and labels) teach it, where that is not TEACHER_OF's choice: a second
-# round of self-training learns from the first round's student (Noisy Student's iteration); an ensemble teacher is
-# the mean probability of the seed's two supervised models, from the pool encoder and from scratch (both trained
-# anyway as baselines, so it costs no extra training run)
-POOL_TEACHERS = {"selftrain2_weak_mim": ("selftrain_weak_mim",),
-                 "selftrain_ens_weak_mim": ("supervised_mim", "supervised")}
+# round of self-training learns from the first round's student (Noisy Student's iteration). (An ENSEMBLE_TEACHERS
+# variant, selftrain_ens_weak_mim, is taught by the seed's supervised models from the pool encoder and from scratch,
+# both trained anyway as baselines, so the ensemble costs no extra training run.)
+POOL_TEACHERS = {"selftrain2_weak_mim": ("selftrain_weak_mim",)}
 POOL_PRETRAIN = {"steps": 1000, "batch": 8}
 # encoder key -> (``octseg pretrain`` objective, its steps; the quick run takes QUICK_PRETRAIN's whatever the key)
 POOL_ENCODERS = {"mim": ("mim", POOL_PRETRAIN["steps"]), "denoise": ("denoise", POOL_PRETRAIN["steps"]),
@@ -121,7 +120,8 @@ def trained_method(method: str) -> str:
 def teachers_of(method: str) -> tuple:
     """The benchmark methods whose runs (same seed, same labelled volumes) teach ``method``, () for none:
     ``self_training`` learns from ``supervised``, ``selftrain_mim`` from ``supervised_mim`` (same encoder), a second
-    round and an ensemble teacher as ``POOL_TEACHERS`` says."""
+    round as ``POOL_TEACHERS`` says; an ``ENSEMBLE_TEACHERS`` variant from its encoder's teacher and the one from
+    scratch together."""
     if method in POOL_TEACHERS:
         return POOL_TEACHERS[method]
     base, key = POOL_PRETRAINED.get(method, (method, None))
@@ -130,7 +130,8 @@ def teachers_of(method: str) -> tuple:
         return ()
     if key is None:
         return (teacher,)
-    return (next(m for m, (b, k) in POOL_PRETRAINED.items() if b == teacher and k == key),)
+    own = next(m for m, (b, k) in POOL_PRETRAINED.items() if b == teacher and k == key)
+    return (own, teacher) if base in ENSEMBLE_TEACHERS else (own,)
 
 
 def teacher_depth(method: str) -> int:

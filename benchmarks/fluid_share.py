@@ -19,19 +19,19 @@ import numpy as np
 
 
 def predicted_share(ckpt: str, images) -> float:
-    """Share of pixels the checkpoint's default network calls non-background (flip-averaged), over ``images``."""
+    """Share of pixels the checkpoint's default network calls non-background over ``images``, labelled as a
+    self-training teacher labels (flip-averaged probabilities)."""
     import torch
 
     from octseg.checkpoint import load_network
+    from octseg.methods.self_training import teacher_probabilities
 
     net, meta = load_network(ckpt)
-    norm = meta["normalization"]
     fluid = total = 0
     with torch.no_grad():
         for i in range(0, len(images), 64):
             x = torch.from_numpy(np.asarray(images[i:i + 64], dtype=np.float32) / 255)[:, None]
-            x = (x - norm["mean"]) / norm["std"]
-            p = 0.5 * (net(x).softmax(1) + net(x.flip(-1)).softmax(1).flip(-1))
+            p = teacher_probabilities(net, meta["normalization"], x)
             fluid += (p.argmax(1) > 0).sum().item()
             total += p[:, 0].numel()
     return fluid / max(1, total)

@@ -33,6 +33,7 @@ def main(argv=None) -> int:
     from PIL import Image
 
     from octseg.checkpoint import load_network
+    from octseg.methods.self_training import teacher_probabilities
 
     files = sorted((args.workdir / "pretrain-pool" / "images").glob("*.png"))
     if not files:
@@ -41,9 +42,8 @@ def main(argv=None) -> int:
 
     def probs(run: Path) -> torch.Tensor:
         net, meta = load_network(json.loads((run / "metrics.json").read_text())["best_checkpoint"])
-        xn = (x - meta["normalization"]["mean"]) / meta["normalization"]["std"]
         with torch.no_grad():
-            return 0.5 * (net(xn).softmax(1) + net(xn.flip(-1)).softmax(1).flip(-1))
+            return teacher_probabilities(net, meta["normalization"], x)
 
     rows = []
     for seed in args.seeds:

@@ -108,6 +108,18 @@ def load_teacher(value: Union[str, list], student: nn.Module) -> tuple[nn.Module
     return net.eval(), dict(meta["normalization"])
 
 
+def teacher_probabilities(net: nn.Module, norm: dict, x: torch.Tensor, flip: bool = True,
+                          memory_format=torch.contiguous_format) -> torch.Tensor:
+    """How a teacher labels B-scans ``x`` (N, C, H, W) in [0, 1]: the class probabilities of ``net`` on ``x``
+    normalised with ``norm`` (its own ``mean``/``std``), averaged with its prediction on the flipped B-scans
+    (``flip``). Shared by the method and the benchmarks' diagnostics, so both measure the same labels."""
+    x = ((x - norm["mean"]) / norm["std"]).contiguous(memory_format=memory_format)
+    probs = net(x).float().softmax(1)
+    if flip:
+        probs = 0.5 * (probs + net(x.flip(-1)).float().softmax(1).flip(-1))
+    return probs
+
+
 class SelfTraining(Method):
     Config = SelfTrainingConfig
     default_weights = "student"
@@ -129,10 +141,7 @@ class SelfTraining(Method):
         """(pseudo-labels, validity) of the weak views: IGNORE_INDEX below ``threshold`` or outside the scan."""
         valid = valid_or_all(x_u, ctx)
         teacher = self.teacher.to(x_u.device)  # (in eval mode since loading: outside the module tree)
-        x = ((x_u - self.teacher_norm["mean"]) / self.teacher_norm["std"]).contiguous(memory_format=self.memory_format)
-        probs = teacher(x).float().softmax(1)
-        if self.cfg.flip:
-            probs = 0.5 * (probs + teacher(x.flip(-1)).float().softmax(1).flip(-1))
+        probs = teacher_probabilities(teacher, self.teacher_norm, x_u, self.cfg.flip, self.memory_format)
         return confident_targets(probs, valid, self.cfg.threshold), valid
 
     def training_loss(self, x_l, y_l, x_u, ctx: StepContext):
